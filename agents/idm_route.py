@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from simgen.agents.base import POLICIES, WORLDS, PolicyContext, controlled_rows, program_lights, within_radius
-from simgen.agents.lanes import PathBatch, interpolate, locate, path_polyline
+from simgen.agents.lanes import PATH_SPACING_M, PathBatch, interpolate, locate, path_polyline
 from simgen.sim.env import hold_action
 from simgen.types import DT_S, Action, AgentType, LaneKind, LightState, SceneState
 
@@ -292,7 +292,7 @@ class IDMDriver:
         # 2. desired speed, looked ahead along the path
         rel = st.paths.s - st.s[:, None]
         reach = torch.sqrt(st.vmax ** 2 + 2 * p.comfort_decel_mps2 * rel.clamp_min(0))
-        reach = torch.where((rel > -1.0) & (rel < 80.0), reach, torch.full_like(reach, math.inf))
+        reach = torch.where((rel > -PATH_SPACING_M) & (rel < 80.0), reach, torch.full_like(reach, math.inf))
         v0 = (reach.min(-1).values * st.speed_factor).clamp(0.5, 40.0)
         # 3. IDM
         v = st.v

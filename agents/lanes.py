@@ -19,6 +19,7 @@ from simgen.types import RoadMap
 
 LANE_CHANGE_M = 25.0  # length over which a lane change blends centerlines, m
 RESAMPLE_M = 1.0  # spacing used when blending lane changes, m
+PATH_SPACING_M = 2.0  # stacked paths are resampled to this spacing, so speed limits and curvature are dense
 LANE_CHANGE_COST_M = 30.0  # routing penalty of one lane change, m
 
 
@@ -29,6 +30,10 @@ def lane_edge_id(lane_id: str) -> str:
 
 def lane_polyline(roadmap: RoadMap, lane: int) -> torch.Tensor:
     return roadmap.lane_xy[lane][roadmap.lane_point_valid[lane]].to(torch.float64)
+
+
+def _length(xy: torch.Tensor) -> float:
+    return float(torch.linalg.norm(xy[1:] - xy[:-1], dim=-1).sum())
 
 
 def _resample(xy: torch.Tensor, n: int) -> torch.Tensor:
@@ -107,6 +112,7 @@ class PathBatch:
 
     @staticmethod
     def stack(polylines: list[torch.Tensor]) -> "PathBatch":
+        polylines = [_resample(p, max(int(_length(p) / PATH_SPACING_M) + 2, 2)) for p in polylines]
         P = max(p.shape[0] for p in polylines)
         xy = torch.zeros(len(polylines), P, 2, dtype=torch.float64)
         s = torch.zeros(len(polylines), P, dtype=torch.float64)
@@ -117,8 +123,7 @@ class PathBatch:
             xy[n, :k], xy[n, k:] = p, p[-1]
             s[n, :k] = cum
             s[n, k:] = cum[-1] + 1e-6 * torch.arange(1, P - k + 1, dtype=torch.float64)
-        length = torch.tensor([float(torch.linalg.norm(p[1:] - p[:-1], dim=-1).sum()) for p in polylines],
-                              dtype=torch.float64)
+        length = torch.tensor([_length(p) for p in polylines], dtype=torch.float64)
         return PathBatch(xy, s, length)
 
     def pose_at(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
