@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -27,7 +28,13 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, FileExistsError)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (not a bug): they carry a message naming the file, key and fix."""
+    from simgen.io import FormatError
+    from simgen.maps import MapError
+    from simgen.scenario import ScenarioError
+
+    return ScenarioError, MapError, FormatError, FileNotFoundError, FileExistsError
 
 
 def user_errors(fn):
@@ -37,9 +44,8 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        except _user_errors() as err:
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
