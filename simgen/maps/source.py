@@ -80,18 +80,23 @@ def cached_build(folder: Path, name: str, *, net_file: Path | None = None,
     if (folder / "map.npz").is_file():
         roadmap = load_map(folder / "map.npz")
         return roadmap, Path(roadmap.net_file)
-    with atomic_dir(folder) as tmp:
-        if build_net is not None:
-            build_net(tmp / NET_NAME)
-            net_file, built = folder / NET_NAME, tmp / NET_NAME
-        else:
-            built = net_file
-        roadmap = roadmap_from_net(built, name).replace(net_file=str(net_file))
-        save_map(roadmap, tmp / "map.npz")
+    try:
+        with atomic_dir(folder, overwrite=False) as tmp:
+            if build_net is not None:
+                build_net(tmp / NET_NAME)
+                net_file, built = folder / NET_NAME, tmp / NET_NAME
+            else:
+                built = net_file
+            roadmap = roadmap_from_net(built, name).replace(net_file=str(net_file))
+            save_map(roadmap, tmp / "map.npz")
+    except FileExistsError as err:  # another process finished the same build first: use theirs
+        if not (folder / "map.npz").is_file():
+            raise MapError(f"{folder}: map cache folder without map.npz; delete the folder") from err
+        return cached_build(folder, name, net_file=net_file, build_net=build_net)
     return roadmap, net_file
 
 
-def generator_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+def check_generator_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Check ``options`` against the generator's keyword arguments; MapError names the valid ones."""
     params = inspect.signature(GENERATORS[name]).parameters
     valid = [p for p in params if params[p].kind == inspect.Parameter.KEYWORD_ONLY and p != "seed"]
@@ -106,22 +111,24 @@ def map_suffix(path: Path) -> str:
     return next((s for s in SUFFIXES if name.endswith(s)), path.suffix.lower())
 
 
-def resolve_map(spec: str, *, seed: int = 0, cache_dir: Path | None = None, **generator_options_: Any) -> MapSource:
+def resolve_map(spec: str | os.PathLike, *, seed: int = 0, cache_dir: Path | None = None,
+                **generator_options: Any) -> MapSource:
     """A map spec -> ``MapSource`` (see the module docstring).
 
-    ``spec`` is a generator name (``grid``, ``spider``, ``random`` or a registered one; keyword options go
-    to it), a bundled map (``berlin``, ``braunschweig``, ``ingolstadt``) or a path to ``.net.xml``,
+    ``spec`` is a generator name (``grid``, ``spider``, ``random`` or a registered one; ``seed`` and keyword
+    options go to it), a bundled map (``berlin``, ``braunschweig``, ``ingolstadt``) or a path to ``.net.xml``,
     ``.net.xml.gz``, ``.osm``, ``.osm.xml`` or ``.xodr``. Same spec, options and seed -> same RoadMap.
     Raises MapError for unknown names, missing or unsupported files, unreadable nets and tool failures.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    spec = str(spec)
     if spec in GENERATORS:
-        options = generator_options(spec, generator_options_)
+        options = check_generator_options(spec, generator_options)
         roadmap, net_file = cached_build(cache / cache_key(spec, seed, options), spec,
                                          build_net=lambda net: GENERATORS[spec](net, seed=seed, **options))
         return MapSource(roadmap, net_file, spec, "")
-    if generator_options_:
-        raise MapError(f"map '{spec}': options {sorted(generator_options_)} are only for generators "
+    if generator_options:
+        raise MapError(f"map '{spec}': options {sorted(generator_options)} are only for generators "
                        f"({', '.join(GENERATORS)})")
     if spec in BUNDLED:
         path = BUNDLED[spec]

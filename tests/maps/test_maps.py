@@ -1,4 +1,4 @@
-"""simgen.maps: SUMO nets -> RoadMap. Generated nets are built once per session into a temporary cache."""
+"""simgen.maps: SUMO nets -> RoadMap. Maps are built once per session into ``map_cache`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,18 +25,8 @@ SMALL_GRID = dict(blocks=2, block_length_m=150.0)
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("map-cache")
-
-
-@pytest.fixture(scope="session")
-def grid(cache):
-    return resolve_map("grid", cache_dir=cache)
-
-
-@pytest.fixture(scope="session")
-def berlin(cache):
-    return resolve_map("berlin", cache_dir=cache)
+def berlin(map_cache):
+    return resolve_map("berlin", cache_dir=map_cache)
 
 
 def lane_points(roadmap: RoadMap, lanes: torch.Tensor) -> torch.Tensor:
@@ -53,11 +43,11 @@ def assert_cycles_stop_and_go(roadmap: RoadMap, min_fraction: float = 1.0) -> No
 
 # --- generated grid ----------------------------------------------------------
 
-def test_grid_contents(grid):
-    m = grid.roadmap
+def test_grid_contents(grid_map):
+    m = grid_map.roadmap
     kind = m.lane_kind
-    assert grid.name == m.name == "grid" and grid.attribution == ""
-    assert grid.net_file.is_file() and m.net_file == str(grid.net_file)
+    assert grid_map.name == m.name == "grid" and grid_map.attribution == ""
+    assert grid_map.net_file.is_file() and m.net_file == str(grid_map.net_file)
     assert (kind == LaneKind.DRIVING).sum() > 500 and m.lane_is_junction.sum() > 500
     assert (kind == LaneKind.SIDEWALK).sum() > 0 and (kind == LaneKind.WALKINGAREA).sum() > 0
     assert m.crosswalk_xy.shape[0] == (kind == LaneKind.CROSSING).sum() > 0
@@ -82,33 +72,33 @@ def test_grid_contents(grid):
         assert m.lane_ids[left[i]] == f"{edge}_{int(k) + 1}" and m.lane_kind[left[i]] == m.lane_kind[i]
 
 
-def test_generators_registry(cache):
+def test_generators_registry(map_cache):
     assert {"grid", "spider", "random"} <= set(GENERATORS)
     with pytest.raises(ValueError, match="already registered"):
         register_generator("grid")(lambda net_file, *, seed=0: None)
     for name in ("spider", "random"):
-        m = resolve_map(name, cache_dir=cache).roadmap
+        m = resolve_map(name, cache_dir=map_cache).roadmap
         assert m.num_signals > 0 and (m.lane_kind == LaneKind.CROSSING).any()
 
 
-def test_determinism_and_cache(grid, cache, tmp_path):
+def test_determinism_and_cache(grid_map, map_cache, tmp_path):
     again = resolve_map("grid", cache_dir=tmp_path)  # built from scratch in another cache
-    a, b = map_arrays(grid.roadmap), map_arrays(again.roadmap)
+    a, b = map_arrays(grid_map.roadmap), map_arrays(again.roadmap)
     assert a.keys() == b.keys()
     for key in a:
         if key != "net_file":
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    cached = resolve_map("grid", cache_dir=cache)
-    assert cached.net_file == grid.net_file
-    assert torch.equal(cached.roadmap.signal_cycle, grid.roadmap.signal_cycle)
-    other_seed = resolve_map("grid", seed=1, cache_dir=cache).roadmap  # seed only moves signal offsets
-    assert torch.equal(other_seed.lane_xy, grid.roadmap.lane_xy)
-    assert not torch.equal(other_seed.signal_cycle, grid.roadmap.signal_cycle)
+    cached = resolve_map("grid", cache_dir=map_cache)
+    assert cached.net_file == grid_map.net_file
+    assert torch.equal(cached.roadmap.signal_cycle, grid_map.roadmap.signal_cycle)
+    other_seed = resolve_map("grid", seed=1, cache_dir=map_cache).roadmap  # seed only moves signal offsets
+    assert torch.equal(other_seed.lane_xy, grid_map.roadmap.lane_xy)
+    assert not torch.equal(other_seed.signal_cycle, grid_map.roadmap.signal_cycle)
 
 
 # --- drivable area -----------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["grid", "berlin"])
+@pytest.mark.parametrize("name", ["grid_map", "berlin"])
 def test_drivable_area(name, request):
     m = request.getfixturevalue(name).roadmap
     pts = lane_points(m, m.vehicle_lanes)[::4]  # a subsample keeps berlin's check to a few seconds
@@ -127,15 +117,15 @@ def test_drivable_area(name, request):
     assert all(len(ring) >= 4 and np.array_equal(ring[0], ring[-1]) for ring in rings)
     signed = np.array([np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) / 2 for x, y in (ring.T for ring in rings)])
     assert signed[np.argmax(np.abs(signed))] > 0 and signed.sum() > 0
-    if name == "grid":  # one network, one island per block
+    if name == "grid_map":  # one network, one island per block
         assert (signed > 0).sum() == 1 and (signed < 0).sum() == 25
 
 
 # --- signal programs vs libsumo ----------------------------------------------
 
-def test_signal_program_matches_libsumo(cache):
+def test_signal_program_matches_libsumo(map_cache):
     libsumo = pytest.importorskip("libsumo")
-    m = resolve_map("grid", seed=3, cache_dir=cache, **SMALL_GRID).roadmap
+    m = resolve_map("grid", seed=3, cache_dir=map_cache, **SMALL_GRID).roadmap
     offsets = {tl.get("offset") for tl in ET.parse(m.net_file).getroot().iter("tlLogic")}
     assert len(offsets) > 1, "the seeded offsets should differ, or the offset sign goes untested"
     libsumo.start([str(Path(sumo.SUMO_HOME) / "bin" / "sumo"), "-n", m.net_file, "--no-step-log",
@@ -172,15 +162,15 @@ def test_berlin(berlin):
 # braunschweig's one light belongs to a SUMO game: the player switches between 4 programs, and the one
 # SUMO starts with holds every link on a single colour
 @pytest.mark.parametrize("name, min_cycling", [("braunschweig", 0.0), ("ingolstadt", 0.9)])
-def test_other_bundled_maps(name, min_cycling, cache):
-    source = resolve_map(name, cache_dir=cache)
+def test_other_bundled_maps(name, min_cycling, map_cache):
+    source = resolve_map(name, cache_dir=map_cache)
     m = source.roadmap
     assert m.num_lanes > 100 and m.num_signals > 0 and "OpenStreetMap" in source.attribution
     assert_cycles_stop_and_go(m, min_cycling)
 
 
-def test_osm_import(cache):
-    source = resolve_map(str(DATA / "crossroads.osm"), cache_dir=cache)
+def test_osm_import(map_cache):
+    source = resolve_map(str(DATA / "crossroads.osm"), cache_dir=map_cache)
     m = source.roadmap
     assert source.name == "crossroads" and "OpenStreetMap" in source.attribution
     assert "1" in m.tls_ids  # the traffic_signals node
@@ -188,57 +178,57 @@ def test_osm_import(cache):
     assert_cycles_stop_and_go(m)
 
 
-def test_opendrive_import(grid, cache, tmp_path):
-    small = resolve_map("grid", cache_dir=cache, **SMALL_GRID)
+def test_opendrive_import(map_cache, tmp_path):
+    small = resolve_map("grid", cache_dir=map_cache, **SMALL_GRID)
     xodr = tmp_path / "small_grid.xodr"
     run_sumo_tool("netconvert", ["--sumo-net-file", str(small.net_file), "--opendrive-output", str(xodr)], "test")
-    m = resolve_map(str(xodr), cache_dir=cache).roadmap
+    m = resolve_map(str(xodr), cache_dir=map_cache).roadmap
     assert m.name == "small_grid"
     assert (m.lane_kind == LaneKind.DRIVING).sum() >= (small.roadmap.lane_kind == LaneKind.DRIVING).sum() // 2
     assert m.num_signals > 0 and (m.lane_kind == LaneKind.CROSSING).any()
 
 
-def test_net_file_in_place(grid, cache, tmp_path):
+def test_net_file_in_place(grid_map, map_cache, tmp_path):
     gz = tmp_path / "copy.net.xml.gz"
-    gz.write_bytes(gzip.compress(grid.net_file.read_bytes()))
-    source = resolve_map(str(gz), cache_dir=cache)
+    gz.write_bytes(gzip.compress(grid_map.net_file.read_bytes()))
+    source = resolve_map(str(gz), cache_dir=map_cache)
     assert source.net_file == gz and source.name == "copy"
-    assert torch.equal(source.roadmap.lane_xy, grid.roadmap.lane_xy)
+    assert torch.equal(source.roadmap.lane_xy, grid_map.roadmap.lane_xy)
 
 
 # --- bad input ---------------------------------------------------------------
 
-def test_bad_input(grid, cache, tmp_path):
+def test_bad_input(grid_map, map_cache, tmp_path):
     with pytest.raises(MapError, match="unknown map name 'atlantis'.*berlin"):
-        resolve_map("atlantis", cache_dir=cache)
+        resolve_map("atlantis", cache_dir=map_cache)
     with pytest.raises(MapError, match="missing.net.xml.*does not exist"):
-        resolve_map(str(tmp_path / "missing.net.xml"), cache_dir=cache)
+        resolve_map(str(tmp_path / "missing.net.xml"), cache_dir=map_cache)
     with pytest.raises(MapError, match="unsupported type '.shp'"):
-        resolve_map("roads.shp", cache_dir=cache)
+        resolve_map("roads.shp", cache_dir=map_cache)
     truncated = tmp_path / "truncated.net.xml"
-    truncated.write_bytes(grid.net_file.read_bytes()[:50_000])
+    truncated.write_bytes(grid_map.net_file.read_bytes()[:50_000])
     with pytest.raises(MapError, match="truncated.net.xml: not a readable SUMO network"):
-        resolve_map(str(truncated), cache_dir=cache)
+        resolve_map(str(truncated), cache_dir=map_cache)
     with pytest.raises(MapError, match="unknown option.*valid options: blocks"):
-        resolve_map("grid", cache_dir=cache, block_size=3)
+        resolve_map("grid", cache_dir=map_cache, block_size=3)
     with pytest.raises(MapError, match="netgenerate failed.*lanenumber"):
-        resolve_map("grid", cache_dir=cache, lanes=0)
+        resolve_map("grid", cache_dir=map_cache, lanes=0)
     broken_osm = tmp_path / "broken.osm"
     broken_osm.write_text("<osm version='0.6'></osm>")
     with pytest.raises(MapError, match="netconvert failed on .*broken.osm"):
-        resolve_map(str(broken_osm), cache_dir=cache)
+        resolve_map(str(broken_osm), cache_dir=map_cache)
     rail = tmp_path / "rail.net.xml"
     rail.write_text('<net version="1.20"><edge id="e" from="a" to="b"><lane id="e_0" index="0" allow="rail" '
                     'speed="30" length="100" shape="0,0 100,0"/></edge></net>')
     with pytest.raises(MapError, match="rail.net.xml: the network has no lanes that cars may use"):
-        resolve_map(str(rail), cache_dir=cache)
+        resolve_map(str(rail), cache_dir=map_cache)
 
 
 # --- export ------------------------------------------------------------------
 
-def test_export_map(cache, tmp_path):
+def test_export_map(map_cache, tmp_path):
     out = tmp_path / "exported"
-    source = export_map("grid", out, cache_dir=cache, **SMALL_GRID)
+    source = export_map("grid", out, cache_dir=map_cache, **SMALL_GRID)
     assert sorted(p.name for p in out.iterdir()) == ["map.json", "map.npz", "net.net.xml", "preview.png"]
     assert source.net_file == out / "net.net.xml"
     m = load_map(out / "map.npz")
