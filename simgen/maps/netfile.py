@@ -238,8 +238,7 @@ def _junction_polygons(root: ET.Element, lanes: _Lanes) -> list:
         if len(shape) < 3:
             continue
         polygon = shapely.make_valid(shapely.Polygon(shape))
-        parts = [p for p in polygon_parts(polygon) if p.area >= MIN_JUNCTION_AREA_M2]
-        polygons += parts
+        polygons += [p for p in polygon_parts(polygon) if p.area >= MIN_JUNCTION_AREA_M2]
     return polygons
 
 
@@ -313,10 +312,20 @@ def _signals(root: ET.Element, lanes: _Lanes, path: Path) -> dict:
 def roadmap_from_net(path: str | os.PathLike, name: str = "") -> RoadMap:
     """Build a validated ``RoadMap`` from a SUMO ``.net.xml`` (or ``.net.xml.gz``); see the module docstring.
 
-    Raises MapError when the file is unreadable, not a SUMO net, or has no drivable lanes.
+    Raises MapError when the file is unreadable, not a SUMO net, malformed, or has no drivable lanes.
     """
     path = Path(path)
     root = read_net_xml(path)
+    try:
+        return _build(root, path, name).validate()
+    except MapError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise MapError(f"{path}: malformed SUMO network ({type(err).__name__}: {err}); rebuild it with "
+                       "netconvert (e.g. netconvert -s IN.net.xml -o OUT.net.xml)") from err
+
+
+def _build(root: ET.Element, path: Path, name: str) -> RoadMap:
     lanes = _Lanes(root)
     if LaneKind.DRIVING not in lanes.kind:
         raise MapError(f"{path}: the network has no lanes that cars may use; check the lane permissions "
@@ -343,4 +352,4 @@ def roadmap_from_net(path: str | os.PathLike, name: str = "") -> RoadMap:
         junction_xy=junction_xy, junction_valid=junction_valid,
         **_signals(root, lanes, path),
         name=name, lane_ids=tuple(lanes.ids), net_file=str(path),
-    ).validate()
+    )

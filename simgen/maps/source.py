@@ -26,7 +26,7 @@ from simgen.maps.generators import GENERATORS, convert_opendrive, convert_osm
 from simgen.maps.netfile import MapError, roadmap_from_net
 from simgen.types import RoadMap
 
-IMPORTER_VERSION = 1  # bump when roadmap_from_net changes what it builds: invalidates cached map.npz
+IMPORTER_VERSION = 2  # bump when roadmap_from_net changes what it builds: invalidates cached map.npz
 OSM_ATTRIBUTION = "Map data © OpenStreetMap contributors, ODbL 1.0"
 SUMO_GAME = Path(sumo.SUMO_HOME) / "tools" / "game"
 BUNDLED: dict[str, Path] = {  # real city nets shipped in the eclipse-sumo wheel (see README.md)

@@ -72,6 +72,17 @@ def test_grid_contents(grid_map):
         assert m.lane_ids[left[i]] == f"{edge}_{int(k) + 1}" and m.lane_kind[left[i]] == m.lane_kind[i]
 
 
+def test_lane_graph_matches_sumolib(grid_map):
+    """Slow twin: the lane graph rebuilt from sumolib's connection objects."""
+    m = grid_map.roadmap
+    net = sumolib.net.readNet(str(grid_map.net_file), withInternal=True)
+    vehicle = {m.lane_ids[i]: i for i in range(m.num_lanes) if m.lane_kind[i] in (LaneKind.DRIVING, LaneKind.BIKE)}
+    expected = {(vehicle[lane.getID()], vehicle[c.getViaLaneID() or c.getToLane().getID()])
+                for edge in net.getEdges(withInternal=True) for lane in edge.getLanes() for c in lane.getOutgoing()
+                if lane.getID() in vehicle and (c.getViaLaneID() or c.getToLane().getID()) in vehicle}
+    assert set(map(tuple, m.lane_succ.tolist())) == expected and len(expected) == m.lane_succ.shape[0]
+
+
 def test_generators_registry(map_cache):
     assert {"grid", "spider", "random"} <= set(GENERATORS)
     with pytest.raises(ValueError, match="already registered"):
@@ -123,12 +134,15 @@ def test_drivable_area(name, request):
 
 # --- signal programs vs libsumo ----------------------------------------------
 
-def test_signal_program_matches_libsumo(map_cache):
+# grid: seeded offsets test the offset's sign; ingolstadt: 17 programs for one light test which one SUMO runs
+@pytest.mark.parametrize("spec, options", [("grid", dict(seed=3, **SMALL_GRID)), ("ingolstadt", {})])
+def test_signal_program_matches_libsumo(spec, options, map_cache):
     libsumo = pytest.importorskip("libsumo")
-    m = resolve_map("grid", seed=3, cache_dir=map_cache, **SMALL_GRID).roadmap
-    offsets = {tl.get("offset") for tl in ET.parse(m.net_file).getroot().iter("tlLogic")}
-    assert len(offsets) > 1, "the seeded offsets should differ, or the offset sign goes untested"
-    libsumo.start([str(Path(sumo.SUMO_HOME) / "bin" / "sumo"), "-n", m.net_file, "--no-step-log",
+    m = resolve_map(spec, cache_dir=map_cache, **options).roadmap
+    if spec == "grid":
+        offsets = {tl.get("offset") for tl in ET.parse(m.net_file).getroot().iter("tlLogic")}
+        assert len(offsets) > 1, "the seeded offsets should differ, or the offset sign goes untested"
+    libsumo.start([str(Path(sumo.SUMO_HOME) / "bin" / "sumo"), "-n", m.net_file, "--no-step-log", "--no-warnings",
                    "--begin", "0", "--step-length", "0.1"])
     try:
         for _ in range(1200):
