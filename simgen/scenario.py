@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from simgen.traffic.demand import Demand
+
 
 class ScenarioError(ValueError):
     """Bad scenario input; the message names the file, the key and the fix."""
@@ -36,9 +38,12 @@ class AV(_Strict):
 
 
 class Traffic(_Strict):
-    vehicles_per_hour_per_km: float = Field(60.0, ge=0, description="vehicle demand per km of driving lane, 1/h/km")
-    pedestrians_per_hour_per_km: float = Field(30.0, ge=0, description="pedestrian demand per km of lane, 1/h/km")
-    cyclists_per_hour_per_km: float = Field(10.0, ge=0, description="cyclist demand per km of lane, 1/h/km")
+    vehicles_per_hour_per_km: float = Field(Demand.vehicles_per_hour_per_km, ge=0,
+                                            description="vehicle demand per km of driving lane, 1/h/km")
+    pedestrians_per_hour_per_km: float = Field(Demand.pedestrians_per_hour_per_km, ge=0,
+                                               description="pedestrian demand per km of driving lane, 1/h/km")
+    cyclists_per_hour_per_km: float = Field(Demand.cyclists_per_hour_per_km, ge=0,
+                                            description="cyclist demand per km of driving lane, 1/h/km")
     warmup_s: float = Field(60.0, ge=0, description="SUMO runs this long before the AV enters, s")
 
 

@@ -13,3 +13,11 @@ def grid_map(map_cache):
     from simgen.maps import resolve_map
 
     return resolve_map("grid", cache_dir=map_cache)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Tests work on small tensors; one intra-op thread avoids hand-off overhead on 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
