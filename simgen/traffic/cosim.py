@@ -77,7 +77,8 @@ class SumoCoSim:
         self.info = {"dropped_agents": 0, "new_rows": 0}
         used = np.flatnonzero(scene.meta.object_id.numpy() >= 0)
         t = scene.step
-        size = torch.stack([scene.traj.length[:, t], scene.traj.width[:, t], scene.traj.height[:, t]], -1).numpy()
+        # box size per row (0 at steps where a row is not valid, so take the largest over the trip)
+        size = torch.stack([scene.traj.length, scene.traj.width, scene.traj.height], -1).amax(1).numpy()
         registry = AgentRegistry()
         for row in used:
             registry.register(trip.sumo_ids[row], int(scene.meta.agent_type[row]), tuple(size[row].tolist()))

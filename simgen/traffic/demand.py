@@ -6,6 +6,12 @@ map twice as large gets twice the trips. Trip lengths are capped (beeline
 between origin and destination edge), which keeps the vehicle density on large
 maps close to that of small ones: density ~ rate x trip duration.
 
+Measured on the 5 x 5 block ``grid`` map (45.6 lane-km; steady state after
+~5 min): 60 vehicles/h/km keep ~4 vehicles per lane-km on the map, 120 keep
+~7 (busy, flowing: mean speed ~6 m/s, a third stopped at lights), 250 congest
+(over 15 per lane-km and growing). Pedestrians walk up to ``max_walk_distance_m``
+at ~1.3 m/s, so 30/h/km keeps ~4 persons per lane-km on the map.
+
 Three randomTrips.py streams are written per seed, each validated (routed) by
 duarouter, so every trip in the files has a route SUMO can drive:
 
@@ -40,9 +46,9 @@ RANDOM_TRIPS = Path(sumo.SUMO_HOME) / "tools" / "randomTrips.py"
 class Demand:
     """Traffic demand of a SUMO run. Rates are trips per hour per km of driving lane."""
 
-    vehicles_per_hour_per_km: float = 250.0  # busy city: ~8 vehicles per lane-km on a small grid
-    pedestrians_per_hour_per_km: float = 60.0
-    cyclists_per_hour_per_km: float = 15.0
+    vehicles_per_hour_per_km: float = 120.0  # busy city, see the module docstring
+    pedestrians_per_hour_per_km: float = 30.0
+    cyclists_per_hour_per_km: float = 10.0
     # (SUMO vClass, probability): each becomes a vType with SUMO's default size for that class
     vehicle_mix: tuple[tuple[str, float], ...] = (
         ("passenger", 0.82), ("delivery", 0.10), ("truck", 0.04), ("bus", 0.04))

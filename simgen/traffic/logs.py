@@ -206,7 +206,7 @@ def _run_worker(job: _Job, on_item: Callable[[], None] | None = None) -> dict[st
                       "arrived_early": trip.arrived_early})
         advance()
     stats = recorder.stats
-    return {"scenes": windows.entries, "trips": trips,
+    return {"scenes": windows.entries, "trips": trips, "route_files": [str(f) for f in route_files],
             "stats": {"worker": job.worker, "worker_seed": job.seed, "steps": stats.steps,
                       "agent_steps": stats.agent_steps, "agents": len(recorder.registry),
                       "teleports": stats.teleports, "collisions": stats.collisions, "sumo_s": stats.sumo_s,

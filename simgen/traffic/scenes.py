@@ -93,8 +93,8 @@ class Tracks:
         size[used] = registry.size[obj[used]]
         pose = torch.from_numpy(self.pose[:, :num_steps].astype(np.float32))
         valid = torch.from_numpy(self.valid[:, :num_steps].copy())
-        # a box size belongs to the agent: kept at every step of a used row, 0 in empty rows
-        size_t = torch.from_numpy(size.astype(np.float32))[:, None, :].expand(-1, num_steps, -1).contiguous()
+        # docs/FORMATS.md: every agent value is 0 where the agent is not valid
+        size_t = torch.from_numpy(size.astype(np.float32))[:, None, :] * valid[..., None]
         traj = AgentTrajectory(x=pose[..., 0], y=pose[..., 1], z=pose[..., 2], heading=pose[..., 3],
                                vel_x=pose[..., 4], vel_y=pose[..., 5], length=size_t[..., 0],
                                width=size_t[..., 1], height=size_t[..., 2], valid=valid)

@@ -11,6 +11,8 @@ from simgen.traffic import Demand, reference_trip, write_demand
 from simgen.traffic.sumo import AgentRegistry, Frame, RunStats, SumoRecorder, close_run, open_run, sumo_args
 
 RECORD_S = 120.0  # long enough for every light slot to cycle
+# busier than the default, so that the small map has agents around every AV
+DEMAND = Demand(vehicles_per_hour_per_km=250.0, pedestrians_per_hour_per_km=60.0, cyclists_per_hour_per_km=20.0)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +53,7 @@ def lane_centre(vehicle: str):
 @pytest.fixture(scope="session")
 def recorded_run(small_map, tmp_path_factory) -> RecordedRun:
     net = small_map.net_file
-    routes = write_demand(net, tmp_path_factory.mktemp("demand"), seed=3, end_s=200.0, demand=Demand())
+    routes = write_demand(net, tmp_path_factory.mktemp("demand"), seed=3, end_s=200.0, demand=DEMAND)
     open_run(sumo_args(net, routes, 3))
     try:
         recorder = SumoRecorder(small_map.roadmap)
@@ -68,7 +70,7 @@ def recorded_run(small_map, tmp_path_factory) -> RecordedRun:
 
 
 def run_reference(small_map, workdir: Path, steps: int = 60):
-    return reference_trip(small_map, seed=7, steps=steps, av_route=None, demand=Demand(), warmup_s=60.0,
+    return reference_trip(small_map, seed=7, steps=steps, av_route=None, demand=DEMAND, warmup_s=60.0,
                           workdir=workdir)
 
 

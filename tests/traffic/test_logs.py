@@ -11,6 +11,7 @@ from simgen.io import load_logs, read_npz
 from simgen.traffic import generate_logs, load_branch
 from simgen.traffic.sumo import close_run
 from simgen.types import AgentType
+from tests.traffic.conftest import DEMAND
 from tests.traffic.test_reference import sumo_centre
 
 RADIUS_M = 60.0
@@ -22,7 +23,7 @@ def logs(small_map, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SIMGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
         generate_logs(str(small_map.net_file), out, scenes=5, seed=4, workers=2, trip_seconds=3.0,
-                      radius_m=RADIUS_M, max_agents=128, warmup_s=30.0, progress=False)
+                      radius_m=RADIUS_M, max_agents=128, demand=DEMAND, warmup_s=30.0, progress=False)
     return load_logs(out)
 
 
@@ -87,8 +88,8 @@ def test_window_state_branches_from_the_last_history_step(logs):
 def test_same_seed_same_logs(logs, small_map, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMGEN_CACHE", str(tmp_path / "cache"))
     again = load_logs(generate_logs(str(small_map.net_file), tmp_path / "again", scenes=5, seed=4, workers=2,
-                                    trip_seconds=3.0, radius_m=RADIUS_M, max_agents=128, warmup_s=30.0,
-                                    progress=False))
+                                    trip_seconds=3.0, radius_m=RADIUS_M, max_agents=128, demand=DEMAND,
+                                    warmup_s=30.0, progress=False))
     assert again.scene_entries == logs.scene_entries and again.trip_entries == logs.trip_entries
     for entry in again.scene_entries + again.trip_entries:
         assert (again.root / entry["file"]).read_bytes() == (logs.root / entry["file"]).read_bytes()

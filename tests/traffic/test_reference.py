@@ -75,7 +75,7 @@ def test_cosim_replaying_the_av_reproduces_the_trip(reference, small_map):
     world = SumoCoSim(reference, small_map, seed=7)
     try:
         errors = []
-        for k in range(t, t + 30):
+        for k in range(t, scene.num_steps - 1):
             out = world.step(traj.x[0, k].item(), traj.y[0, k].item(), traj.heading[0, k].item())
             assert out.step == scene.start_step + k + 1
             assert out.x.shape == (scene.num_agents,) and out.light_state.shape == (scene.lights.num_slots,)
@@ -90,7 +90,7 @@ def test_cosim_replaying_the_av_reproduces_the_trip(reference, small_map):
             both[0] = False
             errors.append(torch.hypot(out.x - traj.x[:, k + 1], out.y - traj.y[:, k + 1])[both])
         errors = torch.cat(errors)
-        assert len(errors) > 50 and errors.median() < 0.1, f"median deviation from the trip {errors.median():.3f} m"
+        assert len(errors) > 30 and errors.median() < 0.1, f"median deviation from the trip {errors.median():.3f} m"
         assert world.info["dropped_agents"] == 0
     finally:
         world.close()

@@ -1,0 +1,88 @@
+"""Log generation speed against SUMO's own speed, per worker, measured in one run.
+
+Three SUMO runs on the same map, demand and seed (the recording does not change what SUMO simulates, so all
+three simulate the same agent-steps):
+
+1. ceiling: SUMO alone, ``libsumo.simulationStep()`` and nothing else;
+2. recording: ``SumoRecorder.step()``: every vehicle, person and light read and converted each 0.1 s step;
+3. log generation: one whole ``generate_logs`` worker (demand, warm-up, recording, anchors and saved states,
+   windows, npz files), timed end to end, against SUMO alone over the same warm-up + recorded steps.
+
+Agent-steps count the recorded steps only. Prints agent-steps/s of each and the ratio to SUMO alone.
+
+    .venv/bin/python bench/bench_logs.py [--map grid] [--scenes 64] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import libsumo
+
+from simgen.io import save_map
+from simgen.maps import resolve_map
+from simgen.traffic import Demand
+from simgen.traffic.logs import _Job, _run_worker, worker_seed
+from simgen.traffic.sumo import SumoRecorder, close_run, open_run, sumo_args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--map", default="grid", help="map spec for simgen.maps.resolve_map")
+    parser.add_argument("--scenes", type=int, default=64, help="windows the worker cuts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-s", type=float, default=60.0)
+    args = parser.parse_args()
+
+    source = resolve_map(args.map, seed=args.seed)
+    seed = worker_seed(args.seed, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        save_map(source.roadmap, tmp / "map.npz")
+        job = _Job(worker=0, seed=seed, scenes=args.scenes, trip_steps=0, net_file=source.net_file,
+                   map_file=tmp / "map.npz", workdir=tmp / "work", radius_m=60.0, max_agents=128, demand=Demand(),
+                   warmup_s=args.warmup_s)
+        tic = time.perf_counter()
+        worker = _run_worker(job, on_item=lambda: None)
+        worker_s = time.perf_counter() - tic
+        stats = worker["stats"]
+        steps, agent_steps = stats["steps"], stats["agent_steps"]
+        routes = worker["route_files"]
+
+        open_run(sumo_args(source.net_file, routes, seed))
+        tic = time.perf_counter()
+        libsumo.simulationStep(args.warmup_s)
+        warmup_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        for _ in range(steps):
+            libsumo.simulationStep()
+        ceiling_s = time.perf_counter() - tic
+
+        open_run(sumo_args(source.net_file, routes, seed))
+        recorder = SumoRecorder(source.roadmap)
+        libsumo.simulationStep(args.warmup_s)
+        recorder.attach()
+        tic = time.perf_counter()
+        for _ in range(steps):
+            recorder.step()
+        record_s = time.perf_counter() - tic
+        close_run()
+    assert recorder.stats.agent_steps == agent_steps, "the runs simulated different traffic"
+
+    print(f"map {source.name}: {steps} recorded steps after {args.warmup_s:.0f} s warm-up, {agent_steps} agent-steps "
+          f"({agent_steps / steps:.0f} agents per step), {len(worker['scenes'])} windows, one worker")
+    rows = [  # (what, seconds, seconds of the ceiling it compares with)
+        ("SUMO alone, recorded steps", ceiling_s, ceiling_s),
+        ("recording, recorded steps", record_s, ceiling_s),
+        ("SUMO alone, warm-up + recorded", warmup_s + ceiling_s, warmup_s + ceiling_s),
+        ("whole worker (demand, warm-up, recording, windows, files)", worker_s, warmup_s + ceiling_s),
+    ]
+    for name, seconds, ceiling in rows:
+        print(f"  {name:58s} {seconds:7.2f} s {agent_steps / seconds:10,.0f} agent-steps/s  "
+              f"{ceiling / seconds:5.2f} x SUMO alone")
+
+if __name__ == "__main__":
+    main()
