@@ -25,7 +25,7 @@ import libsumo
 from simgen.io import save_map
 from simgen.maps import resolve_map
 from simgen.traffic import Demand
-from simgen.traffic.logs import _Job, _run_worker, worker_seed
+from simgen.traffic.logs import LogJob, run_log_worker, worker_seed
 from simgen.traffic.sumo import SumoRecorder, close_run, open_run, sumo_args
 
 
@@ -42,11 +42,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_map(source.roadmap, tmp / "map.npz")
-        job = _Job(worker=0, seed=seed, scenes=args.scenes, trip_steps=0, net_file=source.net_file,
+        job = LogJob(worker=0, seed=seed, scenes=args.scenes, trip_steps=0, net_file=source.net_file,
                    map_file=tmp / "map.npz", workdir=tmp / "work", radius_m=60.0, max_agents=128, demand=Demand(),
                    warmup_s=args.warmup_s)
         tic = time.perf_counter()
-        worker = _run_worker(job, on_item=lambda: None)
+        worker = run_log_worker(job, on_item=lambda: None)
         worker_s = time.perf_counter() - tic
         stats = worker["stats"]
         steps, agent_steps = stats["steps"], stats["agent_steps"]
@@ -63,8 +63,7 @@ def main() -> None:
 
         open_run(sumo_args(source.net_file, routes, seed))
         recorder = SumoRecorder(source.roadmap)
-        libsumo.simulationStep(args.warmup_s)
-        recorder.attach()
+        recorder.warm_up(args.warmup_s)
         tic = time.perf_counter()
         for _ in range(steps):
             recorder.step()

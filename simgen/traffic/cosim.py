@@ -76,6 +76,8 @@ class SumoCoSim:
         self.radius_m = trip.radius_m
         self.info = {"dropped_agents": 0, "new_rows": 0}
         used = np.flatnonzero(scene.meta.object_id.numpy() >= 0)
+        if not (used == np.arange(len(used))).all():
+            raise ValueError("SumoCoSim: the trip's used rows must come first (as reference_trip writes them)")
         t = scene.step
         # box size per row (0 at steps where a row is not valid, so take the largest over the trip)
         size = torch.stack([scene.traj.length, scene.traj.width, scene.traj.height], -1).amax(1).numpy()

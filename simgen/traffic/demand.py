@@ -6,11 +6,16 @@ map twice as large gets twice the trips. Trip lengths are capped (beeline
 between origin and destination edge), which keeps the vehicle density on large
 maps close to that of small ones: density ~ rate x trip duration.
 
-Measured on the 5 x 5 block ``grid`` map (45.6 lane-km; steady state after
-~5 min): 60 vehicles/h/km keep ~4 vehicles per lane-km on the map, 120 keep
-~7 (busy, flowing: mean speed ~6 m/s, a third stopped at lights), 250 congest
-(over 15 per lane-km and growing). Pedestrians walk up to ``max_walk_distance_m``
-at ~1.3 m/s, so 30/h/km keeps ~4 persons per lane-km on the map.
+Measured after 20 min of simulation (densities in vehicles per lane-km):
+
+| map | 60 vehicles/h/km | 120 vehicles/h/km |
+|---|---|---|
+| ``grid`` (5 x 5 blocks, 45.6 lane-km) | 3.5, flowing | 6.7, flowing |
+| ``berlin`` (47.7 lane-km) | 4.4, 10 teleports | 15 and growing: congested, 84 teleports |
+
+So the default is 60 (busy and flowing on a real city net); 250 congests
+even the grid. Pedestrians walk up to ``max_walk_distance_m`` at ~1.3 m/s:
+30/h/km keeps ~5 persons per lane-km on the map.
 
 Three randomTrips.py streams are written per seed, each validated (routed) by
 duarouter, so every trip in the files has a route SUMO can drive:
@@ -46,7 +51,7 @@ RANDOM_TRIPS = Path(sumo.SUMO_HOME) / "tools" / "randomTrips.py"
 class Demand:
     """Traffic demand of a SUMO run. Rates are trips per hour per km of driving lane."""
 
-    vehicles_per_hour_per_km: float = 120.0  # busy city, see the module docstring
+    vehicles_per_hour_per_km: float = 60.0  # busy city, see the module docstring
     pedestrians_per_hour_per_km: float = 30.0
     cyclists_per_hour_per_km: float = 10.0
     # (SUMO vClass, probability): each becomes a vType with SUMO's default size for that class

@@ -62,7 +62,9 @@ def worker_seed(seed: int, worker: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Job:
+class LogJob:
+    """One worker's share of ``generate_logs`` (picklable, for the process pool)."""
+
     worker: int
     seed: int  # worker seed
     scenes: int
@@ -83,7 +85,7 @@ def save_scene_with_ids(scene: SceneState, sumo_ids: list[str], path: Path) -> N
 class _Windows:
     """Anchors every ANCHOR_EVERY_S after the warm-up; cuts the windows of an anchor once its future is recorded."""
 
-    def __init__(self, job: _Job, recorder: SumoRecorder, roadmap: RoadMap, map_name: str, first_anchor: int,
+    def __init__(self, job: LogJob, recorder: SumoRecorder, roadmap: RoadMap, map_name: str, first_anchor: int,
                  on_scene: Callable[[], None]):
         self.job, self.recorder, self.roadmap, self.map_name = job, recorder, roadmap, map_name
         self.rng = np.random.default_rng(job.seed)
@@ -155,7 +157,7 @@ def _init_pool_worker(queue: Any) -> None:
     _progress_queue = queue
 
 
-def _run_worker(job: _Job, on_item: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_log_worker(job: LogJob, on_item: Callable[[], None] | None = None) -> dict[str, Any]:
     """One SUMO run: ``job.scenes`` windows and, with ``job.trip_steps``, one trip. Files go to ``job.workdir``.
 
     Each finished window or trip calls ``on_item`` (in-process) or is put on the pool's progress queue.
@@ -175,10 +177,7 @@ def _run_worker(job: _Job, on_item: Callable[[], None] | None = None) -> dict[st
     open_run(sumo_args(job.net_file, route_files, job.seed))
     try:
         recorder = SumoRecorder(roadmap)
-        t0 = time.perf_counter()
-        libsumo.simulationStep(job.warmup_s)
-        recorder.stats.sumo_s += time.perf_counter() - t0
-        recorder.attach()
+        recorder.warm_up(job.warmup_s)
         windows = _Windows(job, recorder, roadmap, map_name, warmup_steps + NUM_HISTORY_STEPS, advance)
         trip = None
         if job.trip_steps:
@@ -236,20 +235,20 @@ def generate_logs(map_spec: str, out: Path, *, scenes: int, seed: int, workers: 
     with atomic_dir(out) as tmp:
         save_map(source.roadmap, tmp / "map.npz")
         shutil.copyfile(source.net_file, tmp / "net.net.xml")
-        jobs = [_Job(worker=w, seed=worker_seed(seed, w), scenes=scenes // workers + (w < scenes % workers),
+        jobs = [LogJob(worker=w, seed=worker_seed(seed, w), scenes=scenes // workers + (w < scenes % workers),
                      trip_steps=trip_steps, net_file=tmp / "net.net.xml", map_file=tmp / "map.npz",
                      workdir=tmp / "work" / f"{w:03d}", radius_m=radius_m, max_agents=max_agents, demand=demand,
                      warmup_s=warmup_s) for w in range(workers)]
         total = scenes + (workers if trip_steps else 0)
         with progress_bar(f"logs {source.name}", total=total, enabled=progress) as advance:
             if workers == 1:
-                results = [_run_worker(jobs[0], on_item=advance)]
+                results = [run_log_worker(jobs[0], on_item=advance)]
             else:
                 ctx = multiprocessing.get_context("spawn")
                 queue = ctx.Queue()
                 with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
                                          initargs=(queue,)) as pool:
-                    futures = [pool.submit(_run_worker, job) for job in jobs]
+                    futures = [pool.submit(run_log_worker, job) for job in jobs]
                     done = 0
                     while done < total and not any(f.done() and f.exception() for f in futures):
                         try:
@@ -271,7 +270,7 @@ def generate_logs(map_spec: str, out: Path, *, scenes: int, seed: int, workers: 
     return out
 
 
-def _assemble(root: Path, jobs: list[_Job], results: list[dict[str, Any]]) -> dict[str, Any]:
+def _assemble(root: Path, jobs: list[LogJob], results: list[dict[str, Any]]) -> dict[str, Any]:
     """Move the workers' files to global names; returns the ``scenes`` and ``trips`` lists of logs.json."""
     for sub in ("scenes", "states", "trips"):
         (root / sub).mkdir()

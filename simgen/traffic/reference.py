@@ -155,9 +155,10 @@ def reference_trip(source: MapSource, *, seed: int, steps: int, av_route: tuple[
     ``info``: ``arrived_early``, ``steps_recorded`` (after the history),
     ``rows_used``, ``dropped_agents`` (came within the radius with every row
     taken), ``vehicles_on_map`` / ``persons_on_map`` when the AV was inserted,
-    ``av_depart_step``, ``route_length_m``, ``teleports``, ``collisions``, and
-    wall times ``demand_s``, ``sumo_s`` (inside SUMO's step), ``record_s``
-    (reading agents and lights), ``total_s``.
+    ``av_insert_step`` (absolute), ``route_length_m``, ``teleports``,
+    ``collisions``, and wall times ``demand_s`` (randomTrips.py), ``sumo_s``
+    (inside SUMO's step, warm-up included), ``record_s`` (reading agents and
+    lights), ``total_s``.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
@@ -168,9 +169,8 @@ def reference_trip(source: MapSource, *, seed: int, steps: int, av_route: tuple[
     demand_s = time.perf_counter() - t_start
     open_run(sumo_args(source.net_file, route_files, seed))
     try:
-        libsumo.simulationStep(warmup_s)
         recorder = SumoRecorder(roadmap)
-        recorder.attach()
+        recorder.warm_up(warmup_s)
         if av_route is None:
             min_length_m = (NUM_HISTORY_STEPS + steps) * DT_S * AV_ROUTE_SPEED_MPS
             route_edges = choose_av_route(roadmap, np.random.default_rng(seed), min_length_m)
@@ -178,7 +178,8 @@ def reference_trip(source: MapSource, *, seed: int, steps: int, av_route: tuple[
             route_edges = list(libsumo.simulation.findRoute(*av_route, vType=AV_TYPE).edges)
             if not route_edges:
                 raise ValueError(f"av_route={av_route}: SUMO finds no route between these edges")
-        on_map = {"vehicles_on_map": libsumo.vehicle.getIDCount(), "persons_on_map": libsumo.person.getIDCount()}
+        on_map = {"vehicles_on_map": len(libsumo.vehicle.getIDList()),
+                  "persons_on_map": len(libsumo.person.getIDList())}  # getIDCount also counts persons yet to depart
         insert_av(route_edges)
         state_file = workdir / "reference_state.xml"
         trip = AvTrip(recorder, roadmap, steps=steps, radius_m=radius_m, max_agents=max_agents,
@@ -193,7 +194,7 @@ def reference_trip(source: MapSource, *, seed: int, steps: int, av_route: tuple[
     info = {
         "arrived_early": trip.arrived_early, "steps_recorded": scene.num_steps - NUM_HISTORY_STEPS,
         "rows_used": trip.follower.tracks.table.num_used, "dropped_agents": trip.follower.dropped, **on_map,
-        "av_depart_step": scene.start_step, "route_length_m": route_length_m, "teleports": stats.teleports,
+        "av_insert_step": trip.inserted_step, "route_length_m": route_length_m, "teleports": stats.teleports,
         "collisions": stats.collisions, "demand_s": demand_s, "sumo_s": stats.sumo_s, "record_s": stats.record_s,
         "total_s": time.perf_counter() - t_start,
     }

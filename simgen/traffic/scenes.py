@@ -69,7 +69,7 @@ class Tracks:
 
     def __init__(self, num_rows: int, num_steps: int):
         self.table = RowTable(num_rows)
-        self.pose = np.zeros((num_rows, num_steps, 6))  # x, y, z, heading, vel_x, vel_y (see Frame)
+        self.pose = np.zeros((num_rows, num_steps, 6), dtype=np.float32)  # x, y, z, heading, vel_x, vel_y
         self.valid = np.zeros((num_rows, num_steps), dtype=bool)
 
     def write(self, t: int, frame: Frame, mask: np.ndarray | None = None) -> None:
@@ -91,7 +91,7 @@ class Tracks:
         size = np.zeros((len(obj), 3))
         agent_type[used] = registry.agent_type[obj[used]]
         size[used] = registry.size[obj[used]]
-        pose = torch.from_numpy(self.pose[:, :num_steps].astype(np.float32))
+        pose = torch.from_numpy(self.pose[:, :num_steps].copy())
         valid = torch.from_numpy(self.valid[:, :num_steps].copy())
         # docs/FORMATS.md: every agent value is 0 where the agent is not valid
         size_t = torch.from_numpy(size.astype(np.float32))[:, None, :] * valid[..., None]

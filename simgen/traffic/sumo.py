@@ -242,6 +242,13 @@ class SumoRecorder:
         self._signal_link = roadmap.signal_link.numpy().astype(np.int64)
         self._signal_offset = self._signal_link
 
+    def warm_up(self, seconds: float) -> None:
+        """Run SUMO to ``seconds`` of simulation time without recording, then ``attach()``."""
+        t0 = time.perf_counter()
+        libsumo.simulationStep(seconds)
+        self.stats.sumo_s += time.perf_counter() - t0
+        self.attach()
+
     def attach(self) -> None:
         """Subscribe to everything on the map now. The first frame comes from the next ``step()``.
 
