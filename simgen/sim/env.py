@@ -18,8 +18,9 @@ from simgen.types import DT_S, Action, AgentMeta, SceneState
 
 
 def wrap_angle(a: torch.Tensor) -> torch.Tensor:
-    """Wrap radians to (-pi, pi]."""
-    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+    """Wrap radians to (-pi, pi]; angles already inside come back bit for bit (so log replay is exact)."""
+    wrapped = math.pi - torch.remainder(math.pi - a, 2 * math.pi)
+    return torch.where((a > -math.pi) & (a <= math.pi), a, wrapped)
 
 
 def merge_actions(actions: Sequence[Action]) -> Action:
