@@ -92,7 +92,6 @@ class SumoCoSim:
         self._slots = scene.lights.signal_id[:, 0].numpy().astype(np.int64)
         load_branch(source.net_file, trip.state_file, seed, scene.start_step + t, trip.route_files)
         self.recorder = SumoRecorder(source.roadmap, registry)
-        self.recorder.attach()
 
     def step(self, av_x: float, av_y: float, av_heading: float) -> CoSimStep:
         """Hold the AV at box centre (``av_x``, ``av_y``) m, ``av_heading`` rad; advance SUMO one step."""

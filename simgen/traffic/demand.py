@@ -100,7 +100,7 @@ def write_demand(net_file: str | os.PathLike, out_dir: str | os.PathLike, *, see
         ("ped", demand.pedestrians_per_hour_per_km, demand.max_walk_distance_m, ["--pedestrians"]),
     )
     env = {**os.environ, "SUMO_HOME": sumo.SUMO_HOME}
-    routes = []
+    runs = []  # the streams run side by side: randomTrips.py is mostly interpreter start-up and net parsing
     for offset, (prefix, per_km, max_distance, extra) in enumerate(streams):
         rate = per_km * lane_km
         if rate <= 0:
@@ -110,8 +110,10 @@ def write_demand(net_file: str | os.PathLike, out_dir: str | os.PathLike, *, see
                "--insertion-rate", rate, "--random-depart", "--validate", "--prefix", prefix,
                "--min-distance", min(demand.min_trip_distance_m, max_distance), "--max-distance", max_distance,
                "-o", out_dir / f"{prefix}.trips.xml", "-r", route_file, *extra]
-        result = subprocess.run([str(c) for c in cmd], cwd=out_dir, env=env, capture_output=True, text=True)
-        if result.returncode != 0 or not route_file.is_file():
-            raise RuntimeError(f"randomTrips.py failed for the {prefix} stream of {net_file}:\n{result.stderr[-2000:]}")
-        routes.append(route_file)
-    return tuple(routes)
+        runs.append((prefix, route_file, subprocess.Popen([str(c) for c in cmd], cwd=out_dir, env=env, text=True,
+                                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    for prefix, route_file, proc in runs:
+        _, stderr = proc.communicate()
+        if proc.returncode != 0 or not route_file.is_file():
+            raise RuntimeError(f"randomTrips.py failed for the {prefix} stream of {net_file}:\n{stderr[-2000:]}")
+    return tuple(route_file for _, route_file, _ in runs)

@@ -57,8 +57,7 @@ def recorded_run(small_map, tmp_path_factory) -> RecordedRun:
     open_run(sumo_args(net, routes, 3))
     try:
         recorder = SumoRecorder(small_map.roadmap)
-        libsumo.simulationStep(30.0)
-        recorder.attach()
+        recorder.warm_up(30.0)
         frames = [recorder.step() for _ in range(round(RECORD_S * 10))]
         view = {v: {"front": libsumo.vehicle.getPosition(v), "length": libsumo.vehicle.getLength(v),
                     "lane_centre": lane_centre(v)} for v in libsumo.vehicle.getIDList()}
