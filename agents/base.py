@@ -19,7 +19,8 @@ from typing import Any, Literal, Protocol
 import torch
 
 from simgen.registry import Registry
-from simgen.types import Action, RoadMap, SceneState
+from simgen.sim.env import hold_action
+from simgen.types import DT_S, Action, RoadMap, SceneState
 
 Role = Literal["av", "world"]
 
@@ -60,6 +61,22 @@ def within_radius(scene: SceneState, x: torch.Tensor, y: torch.Tensor, radius_m:
     """``[A]`` bool: positions within ``radius_m`` of the AV's current position."""
     i, t = scene.av_index, scene.step
     return torch.hypot(x - scene.traj.x[i, t], y - scene.traj.y[i, t]) <= radius_m
+
+
+def coast_action(scene: SceneState, role: Role) -> Action:
+    """Every row of ``role`` keeps its current velocity and heading for one step."""
+    t = scene.step
+    traj = scene.traj
+    hold = hold_action(scene, controlled_rows(scene, role))
+    return hold.replace(x=traj.x[:, t] + traj.vel_x[:, t] * DT_S, y=traj.y[:, t] + traj.vel_y[:, t] * DT_S)
+
+
+def as_world(ctx: PolicyContext, scene: SceneState, action: Action) -> Action:
+    """For a rule-based world: drop agents beyond ``radius_m`` of the AV and run the static signal programs."""
+    if ctx.role != "world":
+        return action
+    valid = action.valid & within_radius(scene, action.x, action.y, ctx.radius_m)
+    return action.replace(valid=valid, light_state=program_lights(ctx.roadmap, scene))
 
 
 def program_lights(roadmap: RoadMap, scene: SceneState) -> torch.Tensor:

@@ -29,9 +29,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from simgen.agents.base import POLICIES, WORLDS, PolicyContext, controlled_rows, program_lights, within_radius
+from simgen.agents.base import POLICIES, WORLDS, PolicyContext, as_world, coast_action, controlled_rows
 from simgen.agents.lanes import PATH_SPACING_M, PathBatch, interpolate, locate, path_polyline
-from simgen.sim.env import hold_action
 from simgen.types import DT_S, Action, AgentType, LaneKind, LightState, SceneState
 
 
@@ -203,30 +202,18 @@ class IDMDriver:
 
     def act(self, scene: SceneState, state: IDMState, generator: torch.Generator) -> tuple[Action, IDMState]:
         state = self._refresh(state, generator)
-        t = scene.step
-        traj = scene.traj
-        controlled = controlled_rows(scene, self.ctx.role)
-        action = hold_action(scene, controlled)
-        # rows not on a path (pedestrians, agents off the lanes) keep their velocity
-        x = traj.x[:, t] + traj.vel_x[:, t] * DT_S
-        y = traj.y[:, t] + traj.vel_y[:, t] * DT_S
-        heading, valid = action.heading.clone(), action.valid.clone()
-        length, width, height = action.length.clone(), action.width.clone(), action.height.clone()
+        action = coast_action(scene, self.ctx.role)  # rows not on a path (pedestrians, off-lane agents)
         if state.rows.numel():
             s_new, v_new, lat_new = self._advance(scene, state)
             state = replace(state, s=s_new, v=v_new, lat=lat_new, alive=state.alive & (s_new < state.paths.length))
             pos, hdg = state.pose()
             rows = state.rows
-            x[rows], y[rows], heading[rows] = pos[:, 0].float(), pos[:, 1].float(), hdg.float()
-            length[rows], width[rows], height[rows] = state.box.float().unbind(-1)
-            valid[rows] = state.alive
-        lights = None
-        if self.ctx.role == "world":
-            valid = valid & within_radius(scene, x, y, self.ctx.radius_m)
-            lights = program_lights(self.ctx.roadmap, scene)
-        action = action.replace(x=x, y=y, heading=heading, valid=valid, length=length, width=width, height=height,
-                                light_state=lights)
-        return action, state
+            fields = {f: getattr(action, f).clone() for f in ("x", "y", "heading", "valid", "length", "width", "height")}
+            fields["x"][rows], fields["y"][rows], fields["heading"][rows] = pos[:, 0].float(), pos[:, 1].float(), hdg.float()
+            fields["length"][rows], fields["width"][rows], fields["height"][rows] = state.box.float().unbind(-1)
+            fields["valid"][rows] = state.alive
+            action = action.replace(**fields)
+        return as_world(self.ctx, scene, action), state
 
     def _obstacles(self, scene: SceneState, st: IDMState):
         """Everything an agent may have to stop for: scene agents now, with this actor's own agents at their

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from simgen.agents.base import POLICIES, WORLDS, PolicyContext, controlled_rows, program_lights, within_radius
-from simgen.sim.env import hold_action
-from simgen.types import DT_S, Action, SceneState
+from simgen.agents.base import POLICIES, WORLDS, PolicyContext, as_world, coast_action, controlled_rows
+from simgen.types import Action, SceneState
 
 
 @POLICIES.register("log_replay")
@@ -51,15 +50,4 @@ class ConstantVelocity:
         return None
 
     def act(self, scene: SceneState, state: None, generator: torch.Generator) -> tuple[Action, None]:
-        t = scene.step
-        traj = scene.traj
-        controlled = controlled_rows(scene, self.ctx.role)
-        hold = hold_action(scene, controlled)
-        x = traj.x[:, t] + traj.vel_x[:, t] * DT_S
-        y = traj.y[:, t] + traj.vel_y[:, t] * DT_S
-        valid = hold.valid
-        lights = None
-        if self.ctx.role == "world":
-            valid = valid & within_radius(scene, x, y, self.ctx.radius_m)
-            lights = program_lights(self.ctx.roadmap, scene)
-        return hold.replace(x=x, y=y, valid=valid, light_state=lights), None
+        return as_world(self.ctx, scene, coast_action(scene, self.ctx.role)), None
