@@ -60,6 +60,11 @@ class CoSimStep:
     object_id: torch.Tensor  # int64, -1 for an empty row
     light_state: torch.Tensor  # int8 LightState of the trip scene's light slots, same order as scene.lights
     step: int  # absolute 10 Hz SUMO step reached
+    # length, width, height, agent_type and object_id are set for every used row, valid or not
+
+
+def _f32(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
 class SumoCoSim:
@@ -125,10 +130,9 @@ class SumoCoSim:
         object_id = np.where(obj < n_trip, self._trip_object_id[np.clip(obj, 0, n_trip - 1)],
                              self._next_object_id + obj - n_trip)
         object_id[~used] = -1
-        f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-        return CoSimStep(x=f32(pose[:, 0]), y=f32(pose[:, 1]), heading=f32(pose[:, 2]),
-                         valid=torch.from_numpy(valid), length=f32(size[:, 0]), width=f32(size[:, 1]),
-                         height=f32(size[:, 2]), agent_type=torch.from_numpy(agent_type),
+        return CoSimStep(x=_f32(pose[:, 0]), y=_f32(pose[:, 1]), heading=_f32(pose[:, 2]),
+                         valid=torch.from_numpy(valid), length=_f32(size[:, 0]), width=_f32(size[:, 1]),
+                         height=_f32(size[:, 2]), agent_type=torch.from_numpy(agent_type),
                          object_id=torch.from_numpy(object_id.astype(np.int64)),
                          light_state=torch.from_numpy(frame.light_state[self._slots].copy()), step=frame.step)
 

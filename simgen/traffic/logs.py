@@ -25,6 +25,10 @@ The output is deterministic for the same seed and number of workers.
 
 Files: ``scenes/NNNNN.npz`` and ``trips/NNNNN.npz`` are scene arrays plus
 ``agent/sumo_id`` (str ``[A]``, the SUMO id per row, ``""`` for an empty row).
+Object ids are unique in the whole LOG_DIR: worker w's agents get
+``w * 10**9 + i``, i counting the agents of its run in order of first
+appearance. SUMO ids repeat across workers (every run has its ``veh0``); a
+SUMO id with the entry's ``worker_seed`` names one agent.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any, Callable
 
 import libsumo
 import numpy as np
+import torch
 
 from simgen import FORMAT_VERSION, __version__
 from simgen.io import atomic_dir, load_map, save_map, scene_arrays, version_info, write_json, write_npz
@@ -54,6 +59,7 @@ from simgen.types import DT_S, NUM_FUTURE_STEPS, NUM_HISTORY_STEPS, AgentType, R
 ANCHOR_EVERY_S = 5.0  # time between anchors, s
 AVS_PER_ANCHOR = 2  # windows cut at one anchor (different AVs)
 WINDOW_STEPS = NUM_HISTORY_STEPS + NUM_FUTURE_STEPS
+OBJECT_IDS_PER_WORKER = 10**9  # worker w's object ids are w * 1e9 + (order of first appearance in its run)
 
 
 def worker_seed(seed: int, worker: int) -> int:
@@ -78,8 +84,11 @@ class LogJob:
     warmup_s: float
 
 
-def save_scene_with_ids(scene: SceneState, sumo_ids: list[str], path: Path) -> None:
-    write_npz(path, {**scene_arrays(scene), "agent/sumo_id": np.array(sumo_ids, dtype=str)})
+def save_log_scene(scene: SceneState, sumo_ids: list[str], worker: int, path: Path) -> None:
+    """Write a window or trip of worker ``worker``: object ids offset to be unique in the LOG_DIR, plus SUMO ids."""
+    object_id = scene.meta.object_id
+    meta = scene.meta.replace(object_id=torch.where(object_id >= 0, object_id + worker * OBJECT_IDS_PER_WORKER, -1))
+    write_npz(path, {**scene_arrays(scene.replace(meta=meta)), "agent/sumo_id": np.array(sumo_ids, dtype=str)})
 
 
 class _Windows:
@@ -142,7 +151,7 @@ class _Windows:
             scene, sumo_ids = cut_window(frames, av, registry, self.roadmap, radius_m=self.job.radius_m,
                                          max_agents=self.job.max_agents, map_name=self.map_name)
             file = f"scenes/{len(self.entries):05d}.npz"
-            save_scene_with_ids(scene, sumo_ids, self.job.workdir / file)
+            save_log_scene(scene, sumo_ids, self.job.worker, self.job.workdir / file)
             self.entries.append({"file": file, "state_file": state_file, "worker_seed": self.job.seed,
                                  "av_sumo_id": sumo_ids[0], "start_step": scene.start_step,
                                  "num_agents": int((scene.meta.object_id >= 0).sum())})
@@ -198,7 +207,7 @@ def run_log_worker(job: LogJob, on_item: Callable[[], None] | None = None) -> di
     trips = []
     if trip is not None:
         scene, sumo_ids = trip.scene(map_name)
-        save_scene_with_ids(scene, sumo_ids, job.workdir / "trips" / "00000.npz")
+        save_log_scene(scene, sumo_ids, job.worker, job.workdir / "trips" / "00000.npz")
         trips.append({"file": "trips/00000.npz", "state_file": "states/trip.xml", "worker_seed": job.seed,
                       "av_sumo_id": sumo_ids[0], "start_step": scene.start_step,
                       "num_agents": trip.follower.tracks.table.num_used, "dropped_agents": trip.follower.dropped,

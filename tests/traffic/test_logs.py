@@ -93,3 +93,14 @@ def test_same_seed_same_logs(logs, small_map, tmp_path, monkeypatch):
     assert again.scene_entries == logs.scene_entries and again.trip_entries == logs.trip_entries
     for entry in again.scene_entries + again.trip_entries:
         assert (again.root / entry["file"]).read_bytes() == (logs.root / entry["file"]).read_bytes()
+
+
+def test_object_ids_are_unique_across_workers(logs):
+    owner = {}  # object id -> (worker seed, SUMO id)
+    for entry in logs.scene_entries + logs.trip_entries:
+        arrays = read_npz(logs.root / entry["file"])
+        for object_id, sumo_id in zip(arrays["agent/object_id"], arrays["agent/sumo_id"]):
+            if object_id >= 0:
+                assert owner.setdefault(int(object_id), (entry["worker_seed"], sumo_id)) == (entry["worker_seed"],
+                                                                                           sumo_id)
+    assert len({seed for seed, _ in owner.values()}) == 2
