@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--map", default="grid", help="map spec for simgen.maps.resolve_map")
     parser.add_argument("--scenes", type=int, default=64, help="windows the worker cuts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-s", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=300.0)
     parser.add_argument("--repeat", type=int, default=2, help="best of this many ceiling / recording runs")
     args = parser.parse_args()
 

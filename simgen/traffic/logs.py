@@ -223,14 +223,17 @@ def run_log_worker(job: LogJob, on_item: Callable[[], None] | None = None) -> di
 
 def generate_logs(map_spec: str, out: Path, *, scenes: int, seed: int, workers: int = 1, trip_seconds: float = 0,
                   radius_m: float = 60.0, max_agents: int = 128, demand: Demand | None = None,
-                  progress: bool = True, warmup_s: float = 60.0) -> Path:
+                  progress: bool = True, warmup_s: float = 300.0) -> Path:
     """Record SUMO traffic on ``map_spec`` into the LOG_DIR ``out`` (docs/FORMATS.md); returns ``out``.
 
     ``scenes`` windows (T = 91) and, if ``trip_seconds > 0``, one trip of that
     length per worker (T = 11 + trip steps) are cut from ``workers`` parallel
     SUMO runs (see the module docstring). ``map_spec`` goes to
-    ``simgen.maps.resolve_map`` with ``seed``. ``out`` appears only when
-    everything has been written. Read it back with ``simgen.io.load_logs``.
+    ``simgen.maps.resolve_map`` with ``seed``. ``warmup_s``: SUMO runs this
+    long before recording; a map starts empty and takes ~5 min to reach its
+    steady density (``grid``: ~50 vehicles after 60 s, ~190 from 300 s on).
+    ``out`` appears only when everything has been written. Read it back with
+    ``simgen.io.load_logs``.
     """
     from simgen.maps import resolve_map
 
