@@ -46,3 +46,11 @@ def test_help_teaches_with_examples():
     result = simgen("rollout", "--help")
     assert result.returncode == 0
     assert "simgen rollout scenarios/city.yaml" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["map", "atlantis", "--out"], ["logs", "--map", "atlantis", "--out"]])
+def test_unknown_map_in_every_command(tmp_path, command):
+    out = tmp_path / "out"
+    result = simgen(*command, str(out))
+    assert result.returncode == 2 and "atlantis" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
