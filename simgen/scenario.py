@@ -29,7 +29,8 @@ class Route(_Strict):
     from_edge: str = Field("auto", alias="from", description="SUMO edge id where the AV starts, or 'auto'")
     to_edge: str = Field("auto", alias="to", description="SUMO edge id the AV drives to, or 'auto'")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # SUMO edge ids are often all digits; YAML would read them as numbers
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, coerce_numbers_to_str=True)
 
 
 class AV(_Strict):
@@ -44,7 +45,8 @@ class Traffic(_Strict):
                                                description="pedestrian demand per km of driving lane, 1/h/km")
     cyclists_per_hour_per_km: float = Field(Demand.cyclists_per_hour_per_km, ge=0,
                                             description="cyclist demand per km of driving lane, 1/h/km")
-    warmup_s: float = Field(60.0, ge=0, description="SUMO runs this long before the AV enters, s")
+    warmup_s: float = Field(300.0, ge=0, description="SUMO runs this long before the AV enters (maps start "
+                                                     "empty and fill in about 5 min), s")
 
 
 class SceneConfig(_Strict):
