@@ -43,7 +43,7 @@ def main() -> None:
         table.add_row(world, str(info["steps"]), str(info["agent_steps"]), f"{t['map_s']:.2f}",
                       f"{t['reference_s']:.2f}", f"{t['simulate_s']:.2f}", f"{render_s:.2f}",
                       f"{info['agent_steps'] / t['simulate_s']:.0f}", f"{t['simulate_s'] / render_s:.2f}")
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
