@@ -26,12 +26,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
 from simgen.agents.base import POLICIES, WORLDS, PolicyContext, as_world, coast_action, controlled_rows
-from simgen.agents.lanes import PATH_SPACING_M, PathBatch, interpolate, locate, path_polyline
+from simgen.agents.lanes import PATH_SPACING_M, PathBatch, interpolate, lane_polyline, locate, path_polyline
 from simgen.types import DT_S, Action, AgentType, LaneKind, LightState, SceneState
+
+
+FORGET_BEYOND_M = 50.0  # world agents this far beyond the scene radius leave the simulation
+SPAWN_PROB = 0.2  # per-step chance of inserting a vehicle while the scene is below its vehicle count
+SPAWN_CLEARANCE_M = 12.0  # a spawn point needs this much free space around it, m
+SPAWN_SPACING_M = 5.0  # spacing of candidate spawn points along road lanes, m
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,9 @@ class IDMState:
     v: torch.Tensor  # [N] speed, m/s
     lat: torch.Tensor  # [N] lateral offset from the path, m (positive left)
     speed_factor: torch.Tensor  # [N]
-    box: torch.Tensor  # [N, 3] length, width, height at reset, m
-    alive: torch.Tensor  # [N] False once driven off the end of the map
+    box: torch.Tensor  # [N, 3] length, width, height, m
+    alive: torch.Tensor  # [N] False once driven off the map or far from the AV
+    target: int = 0  # world: vehicles to keep in the scene (its count at reset); spawning refills up to it
 
     def pose(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current box centres ``[N, 2]`` (path point + lateral offset) and headings ``[N]``."""
@@ -115,7 +123,7 @@ class IDMDriver:
         for n, (lanes, lane_end) in enumerate(zip(lanes_per_agent, ends)):
             idx = torch.searchsorted(torch.tensor(lane_end, dtype=torch.float64), paths.s[n]).clamp(max=len(lanes) - 1)
             limit[n] = rm.lane_speed_limit_mps[torch.tensor(lanes)[idx]].to(torch.float64)
-        ahead = torch.stack([paths.s + 2.5, paths.s - 2.5], -1).reshape(paths.s.shape[0], -1)
+        ahead = torch.stack([paths.s + 2.5, paths.s - 2.5], -1).reshape(paths.s.shape[0], 2 * paths.s.shape[1])
         pts = interpolate(paths.xy, paths.s, ahead).reshape(*paths.s.shape, 2, 2)
         mid = paths.xy
         h1 = torch.atan2(pts[..., 0, 1] - mid[..., 1], pts[..., 0, 0] - mid[..., 0])
@@ -164,25 +172,27 @@ class IDMDriver:
             entry.append(s)
             s0.append(s)
             lat0.append(offset)
+        rows_t = torch.tensor(rows, dtype=torch.long)
         n = len(rows)
-        if n == 0:
-            empty = torch.zeros(0, dtype=torch.float64)
-            paths = PathBatch(torch.zeros(0, 2, 2, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64), empty)
-            return IDMState(torch.zeros(0, dtype=torch.long), (), (), paths, torch.zeros(0, 1, dtype=torch.float64),
-                            torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 2, dtype=torch.float64), empty, empty,
-                            empty, empty, torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.bool))
-        paths, ends, stop_s, stop_signal, vmax = self._build(lanes, entry)
-        rows_t = torch.tensor(rows)
-        speed = traj.speed_mps[rows_t, t].to(torch.float64)
         if self.fixed_route:
             factor = torch.ones(n, dtype=torch.float64)
         else:
-            factor = (1 + self.params.speed_factor_std * torch.randn(n, generator=generator, dtype=torch.float64))
-            factor = factor.clamp(0.8, 1.2)
+            factor = self._speed_factors(n, generator)
         box = torch.stack([traj.length[rows_t, t], traj.width[rows_t, t], traj.height[rows_t, t]], -1)
-        return IDMState(rows_t, tuple(tuple(p) for p in lanes), ends, paths, stop_s, stop_signal, vmax,
-                        torch.tensor(s0, dtype=torch.float64), speed, torch.tensor(lat0, dtype=torch.float64),
-                        factor, box.to(torch.float64), torch.ones(n, dtype=torch.bool))
+        vehicles = controlled & (scene.meta.agent_type == AgentType.VEHICLE)
+        return self._assemble(rows_t, lanes, entry, torch.tensor(s0, dtype=torch.float64),
+                              traj.speed_mps[rows_t, t].to(torch.float64), torch.tensor(lat0, dtype=torch.float64),
+                              factor, box.to(torch.float64), torch.ones(n, dtype=torch.bool),
+                              target=0 if self.fixed_route else int(vehicles.sum()))
+
+    def _speed_factors(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        factor = 1 + self.params.speed_factor_std * torch.randn(n, generator=generator, dtype=torch.float64)
+        return factor.clamp(0.8, 1.2)
+
+    def _assemble(self, rows, lanes, entry, s, v, lat, factor, box, alive, target) -> IDMState:
+        paths, ends, stop_s, stop_signal, vmax = self._build(lanes, entry)
+        return IDMState(rows, tuple(tuple(p) for p in lanes), ends, paths, stop_s, stop_signal, vmax, s, v, lat,
+                        factor, box.reshape(-1, 3), alive, target)
 
     def _route_start(self) -> torch.Tensor:
         return self.ctx.route_lanes[:1].long()
@@ -207,13 +217,74 @@ class IDMDriver:
             s_new, v_new, lat_new = self._advance(scene, state)
             state = replace(state, s=s_new, v=v_new, lat=lat_new, alive=state.alive & (s_new < state.paths.length))
             pos, hdg = state.pose()
-            rows = state.rows
-            fields = {f: getattr(action, f).clone() for f in ("x", "y", "heading", "valid", "length", "width", "height")}
-            fields["x"][rows], fields["y"][rows], fields["heading"][rows] = pos[:, 0].float(), pos[:, 1].float(), hdg.float()
-            fields["length"][rows], fields["width"][rows], fields["height"][rows] = state.box.float().unbind(-1)
-            fields["valid"][rows] = state.alive
-            action = action.replace(**fields)
-        return as_world(self.ctx, scene, action), state
+            if self.ctx.role == "world":  # far agents leave for good
+                av = scene.traj.xy[scene.av_index, scene.step].double()
+                near = torch.linalg.norm(pos - av, dim=-1) < self.ctx.radius_m + FORGET_BEYOND_M
+                state = replace(state, alive=state.alive & near)
+            action = _place(action, state.rows, pos, hdg, state.box, state.alive)
+        action = as_world(self.ctx, scene, action)
+        if state.target:
+            action, state = self._spawn(scene, state, action, generator)
+        return action, state
+
+    def _spawn(self, scene: SceneState, st: IDMState, action: Action,
+               generator: torch.Generator) -> tuple[Action, IDMState]:
+        """Keep the scene's vehicle count near its count at reset: with probability SPAWN_PROB per step while
+        below it, insert one vehicle at a lane point 2-10 m inside the scene radius whose lane heads towards
+        the AV and where nothing stands within SPAWN_CLEARANCE_M."""
+        vehicles = action.valid & action.controlled & (action.agent_type == AgentType.VEHICLE)
+        draw = torch.rand(1, generator=generator, dtype=torch.float64)
+        free_rows = torch.nonzero((scene.meta.object_id < 0) & ~scene.traj.valid.any(-1)).flatten()
+        if int(vehicles.sum()) >= st.target or draw.item() > SPAWN_PROB or free_rows.numel() == 0:
+            return action, st
+        xy, heading, lane, lane_s = self._lane_samples
+        i, t = scene.av_index, scene.step
+        av = scene.traj.xy[i, t].double()
+        to_av = av - xy
+        dist = torch.linalg.norm(to_av, dim=-1)
+        inward = torch.cos(heading) * to_av[:, 0] + torch.sin(heading) * to_av[:, 1] > 0
+        ok = inward & (dist > self.ctx.radius_m - 10.0) & (dist < self.ctx.radius_m - 2.0)
+        present = torch.stack([action.x, action.y], -1)[action.valid | scene.meta.is_av].double()
+        present = torch.cat([present, av[None]])
+        if present.numel():
+            ok &= torch.cdist(xy, present).min(-1).values > SPAWN_CLEARANCE_M
+        candidates = torch.nonzero(ok).flatten()
+        if candidates.numel() == 0:
+            return action, st
+        k = int(candidates[torch.randint(candidates.numel(), (1,), generator=generator)])
+        row = int(free_rows[0])
+        new_lane, s0 = int(lane[k]), float(lane_s[k])
+        speed = 0.8 * float(self.ctx.roadmap.lane_speed_limit_mps[new_lane])
+        box = torch.tensor([[4.5, 1.9, 1.5]], dtype=torch.float64)  # a passenger car, m
+        object_id = int(torch.maximum(scene.meta.object_id.max(), action.object_id.max())) + 1
+        st = self._assemble(
+            torch.cat([st.rows, torch.tensor([row])]), [list(l) for l in st.lanes] + [
+                self._extend([new_lane], s0 + self.params.lookahead_m, generator)],
+            [0.0] * (len(st.lanes) + 1), torch.cat([st.s, torch.tensor([s0], dtype=torch.float64)]),
+            torch.cat([st.v, torch.tensor([speed], dtype=torch.float64)]),
+            torch.cat([st.lat, torch.zeros(1, dtype=torch.float64)]),
+            torch.cat([st.speed_factor, self._speed_factors(1, generator)]), torch.cat([st.box, box]),
+            torch.cat([st.alive, torch.ones(1, dtype=torch.bool)]), st.target)
+        pos, hdg = st.pose()
+        action = _place(action, st.rows[-1:], pos[-1:], hdg[-1:], box, torch.ones(1, dtype=torch.bool))
+        agent_type, ids = action.agent_type.clone(), action.object_id.clone()
+        agent_type[row], ids[row] = int(AgentType.VEHICLE), object_id
+        return action.replace(agent_type=agent_type, object_id=ids), st
+
+    @cached_property
+    def _lane_samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Spawn points every SPAWN_SPACING_M along road lanes: xy ``[K, 2]``, heading ``[K]``, lane ``[K]``,
+        arc length ``[K]``."""
+        rm = self.ctx.roadmap
+        road = torch.nonzero((rm.lane_kind == LaneKind.DRIVING) & ~rm.lane_is_junction).flatten().tolist()
+        polys = [lane_polyline(rm, lane) for lane in road]
+        paths = PathBatch.stack(polys)
+        s = torch.arange(2.5, float(paths.length.max()) + 1e-9, SPAWN_SPACING_M, dtype=torch.float64)
+        s = s[None].expand(len(road), -1)
+        keep = s < paths.length[:, None] - 2.5
+        pos, heading = paths.pose_at(s)
+        lane = torch.tensor(road)[:, None].expand_as(s)
+        return pos[keep], heading[keep], lane[keep], s[keep]
 
     def _obstacles(self, scene: SceneState, st: IDMState):
         """Everything an agent may have to stop for: scene agents now, with this actor's own agents at their
@@ -296,13 +367,13 @@ class IDMDriver:
         return s_new, v_new, lat_new
 
     def _refresh(self, st: IDMState, generator: torch.Generator) -> IDMState:
-        """World agents: drop passed lanes and extend paths that run short (rare; rebuilds those paths)."""
+        """World agents: forget the dead, drop passed lanes and extend paths that run short (rare; rebuilds)."""
         if self.fixed_route or not st.rows.numel():
             return st
         remaining = st.paths.length - st.s
         extendable = torch.tensor([bool(self._succ.get(lanes[-1])) for lanes in st.lanes])
         stale = ((remaining < 0.5 * self.params.lookahead_m) & extendable) | (st.s > 200.0)
-        if not stale.any():
+        if not (stale & st.alive).any() and st.alive.all():
             return st
         lanes = [list(l) for l in st.lanes]
         s = st.s.clone()
@@ -312,9 +383,20 @@ class IDMDriver:
             passed = st.lane_end_s[n][k - 1] if k > 0 else 0.0
             lanes[n] = self._extend(lanes[n][k:], float(s[n] - passed) + self.params.lookahead_m, generator)
             s[n] -= passed
-        paths, ends, stop_s, stop_signal, vmax = self._build(lanes, [0.0] * len(lanes))
-        return replace(st, lanes=tuple(tuple(l) for l in lanes), lane_end_s=ends, paths=paths, stop_s=stop_s,
-                       stop_signal=stop_signal, vmax=vmax, s=s)
+        keep = st.alive
+        kept = torch.nonzero(keep).flatten().tolist()
+        return self._assemble(st.rows[keep], [lanes[n] for n in kept], [0.0] * len(kept), s[keep], st.v[keep],
+                              st.lat[keep], st.speed_factor[keep], st.box[keep], st.alive[keep], st.target)
+
+
+def _place(action: Action, rows: torch.Tensor, pos: torch.Tensor, heading: torch.Tensor, box: torch.Tensor,
+           valid: torch.Tensor) -> Action:
+    """Write poses ``[N, 2]``, headings ``[N]``, boxes ``[N, 3]`` and validity ``[N]`` into ``rows`` of an action."""
+    fields = {f: getattr(action, f).clone() for f in ("x", "y", "heading", "valid", "length", "width", "height")}
+    fields["x"][rows], fields["y"][rows], fields["heading"][rows] = pos[:, 0].float(), pos[:, 1].float(), heading.float()
+    fields["length"][rows], fields["width"][rows], fields["height"][rows] = box.float().unbind(-1)
+    fields["valid"][rows] = valid
+    return action.replace(**fields)
 
 
 @WORLDS.register("idm")

@@ -112,6 +112,9 @@ class PathBatch:
 
     @staticmethod
     def stack(polylines: list[torch.Tensor]) -> "PathBatch":
+        if not polylines:
+            return PathBatch(torch.zeros(0, 2, 2, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64),
+                             torch.zeros(0, dtype=torch.float64))
         polylines = [_resample(p, max(int(_length(p) / PATH_SPACING_M) + 2, 2)) for p in polylines]
         P = max(p.shape[0] for p in polylines)
         xy = torch.zeros(len(polylines), P, 2, dtype=torch.float64)
@@ -127,13 +130,12 @@ class PathBatch:
         return PathBatch(xy, s, length)
 
     def pose_at(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions ``[N, 2]`` and tangent headings ``[N]`` at arc lengths ``s [N]``."""
-        q = s.clamp(min=0).unsqueeze(1)
-        p = interpolate(self.xy, self.s, q)[:, 0]
-        ahead = interpolate(self.xy, self.s, q + 0.5)[:, 0]
-        behind = interpolate(self.xy, self.s, q - 0.5)[:, 0]
-        d = ahead - behind
-        return p, torch.atan2(d[:, 1], d[:, 0])
+        """Positions ``[N, (Q,) 2]`` and tangent headings ``[N, (Q)]`` at arc lengths ``s [N]`` or ``[N, Q]``."""
+        q = s.clamp(min=0).reshape(s.shape[0], -1)
+        p = interpolate(self.xy, self.s, q)
+        d = interpolate(self.xy, self.s, q + 0.5) - interpolate(self.xy, self.s, q - 0.5)
+        heading = torch.atan2(d[..., 1], d[..., 0])
+        return p.reshape(*s.shape, 2), heading.reshape(s.shape)
 
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project points ``[M, 2]`` onto every path -> arc length ``[N, M]`` and unsigned offset ``[N, M]``."""

@@ -145,3 +145,43 @@ def test_world_is_deterministic_and_on_road(grid_run):
     world = make_policy("idm", PolicyContext(role="world", **common))
     again = closed_loop(scene, av, world, 60, torch.Generator().manual_seed(0))
     assert torch.equal(again.traj.x[:, :HISTORY + 60], traj.x[:, :HISTORY + 60])
+
+
+def test_idm_world_refills_the_scene(grid_map):
+    """Traffic does not vanish: vehicles that leave the radius are replaced by new ones entering it."""
+    roadmap = grid_map.roadmap
+    road = [i for i in range(roadmap.num_lanes) if roadmap.lane_kind[i] == LaneKind.DRIVING
+            and not roadmap.lane_is_junction[i] and roadmap.lane_length_m[i] > 60]
+    centre = roadmap.bounds.reshape(2, 2).mean(0).double()
+    start = min(road, key=lambda lane: float(torch.linalg.norm(lane_polyline(roadmap, lane)[0] - centre)))
+    route = farthest_route(roadmap, start, max_length_m=600.0)
+    av_xy = lane_polyline(roadmap, route[0])[0]
+    placements = [(route[0], 0.05, 5.0)]
+    for lane in road:  # vehicles on other lanes at their point nearest the AV, if within 50 m
+        p0, p1 = lane_polyline(roadmap, lane)[[0, -1]]
+        frac = float(((av_xy - p0) @ (p1 - p0)) / ((p1 - p0) @ (p1 - p0))) if lane != route[0] else -1.0
+        frac = min(max(frac, 0.1), 0.9)
+        if lane != route[0] and torch.linalg.norm(p0 + frac * (p1 - p0) - av_xy) < 50 and len(placements) < 9:
+            placements.append((lane, frac, 8.0))
+    near = placements[1:]
+    assert len(near) >= 4
+    steps = 400
+    scene = scene_on_lanes(roadmap, placements, steps)
+    extra = 64  # empty rows for spawned vehicles
+    scene = scene.replace(traj=scene.traj.pad_axis("A", scene.num_agents + extra),
+                          meta=scene.meta.pad_axis("A", scene.num_agents + extra))
+    scene = scene.replace(meta=scene.meta.replace(
+        object_id=torch.where(torch.arange(scene.num_agents) < len(placements), scene.meta.object_id, -1)))
+    common = dict(roadmap=roadmap, seed=0, route_lanes=torch.tensor(route), radius_m=60.0)
+    av = make_policy("idm_route", PolicyContext(role="av", **common))
+    world = make_policy("idm", PolicyContext(role="world", **common))
+    final = closed_loop(scene, av, world, steps, torch.Generator().manual_seed(1))
+    traj, meta = final.traj, final.meta
+    spawned = torch.arange(final.num_agents) >= len(placements)
+    assert traj.valid[spawned].any(-1).sum() >= 3, "new vehicles entered the scene"
+    ids = meta.object_id[meta.object_id >= 0]
+    assert ids.unique().numel() == ids.numel(), "spawned vehicles get fresh ids"
+    assert (meta.agent_type[spawned & traj.valid.any(-1)] == AgentType.VEHICLE).all()
+    late = traj.valid[1:, -100:].sum(0).float().mean()
+    assert late >= 0.5 * len(near), f"scene emptied: {late:.1f} vehicles on average over the last 10 s"
+    assert roadmap.is_drivable(traj.xy[traj.valid]).float().mean() > 0.99
