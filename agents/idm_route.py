@@ -19,7 +19,11 @@ The world version (``idm``) picks each agent's continuation at a junction at
 random from the lane graph (uniform over successors, under the generator); it
 never reads the logged route. Pedestrians, and agents that are not on a lane,
 move at constant velocity. Agents are valid while within ``radius_m`` of the
-AV and until they drive off the end of the map.
+AV and until they drive off the end of the map; agents 50 m beyond the radius
+are forgotten. So that traffic does not vanish on a long trip, the world
+inserts vehicles (passenger-car boxes, 0.8x the lane speed limit) at lane points
+just inside the radius whose lanes head towards the AV, while the scene holds
+fewer vehicles than it did at reset; each takes an empty row and a fresh id.
 """
 
 from __future__ import annotations
