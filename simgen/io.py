@@ -236,6 +236,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    tmp.chmod(0o755)  # mkdtemp makes it private; a run folder is for everyone to read
     if out.exists():
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
