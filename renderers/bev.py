@@ -36,8 +36,8 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from rich.progress import track
 
+from simgen.progress import progress_bar
 from simgen.types import DT_S, AgentType, LaneKind, LightState, RoadMap, SceneState
 
 RGB = tuple[int, int, int]
@@ -535,11 +535,11 @@ def render_bev_video(roadmap: RoadMap, state: SceneState, path: Path, *, route_l
         quality=None, macro_block_size=2, ffmpeg_log_level="error",
         output_params=["-preset", "veryfast", "-crf", "23", "-movflags", "+faststart"])
     writer.send(None)
-    if progress:
-        images = track(images, total=len(indices), description=f"BEV {path.name}")
     try:
-        for image in images:
-            writer.send(image.tobytes())
+        with progress_bar(f"BEV {path.name}", total=len(indices), enabled=progress) as advance:
+            for image in images:
+                writer.send(image.tobytes())
+                advance()
     except BaseException:
         writer.close()
         path.unlink(missing_ok=True)
