@@ -127,17 +127,19 @@ feature                                 edges
 ``speed_mps``                           0, 1, 2, …, 20 m/s (20 bins)
 ======================================  =====================================================
 
-A 600-step trip with about 60 rows takes well under a second (the
-separating-axis test runs only on pairs whose bounding circles meet, and the
-offroad test only on the road-edge segments spanning each chunk of points).
+Cost: a 611-step trip with 60 rows and 80 light slots takes about 0.09 s on
+one CPU thread. Three broad phases keep it there: the separating-axis test
+runs only on pairs whose bounding circles meet, the stop-line test only where
+a stop point is within one step's travel (plus 2 m) of a front bumper, and the
+offroad test only against the road-edge segments spanning each chunk of points.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -211,7 +213,7 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _smoothed(counts: torch.Tensor) -> torch.Tensor:
-    """``[..., B]`` counts -> (1 − ε)·normalised + ε/B (an empty histogram becomes ε/B, js_divergence renormalises)."""
+    """``[..., B]`` counts -> (1 − ε)·normalised + ε/B; an empty histogram gives ε/B (uniform once normalised)."""
     total = counts.sum(-1, keepdim=True).clamp_min(1e-300)
     return (1 - SMOOTHING) * counts / total + SMOOTHING / counts.shape[-1]
 
@@ -273,7 +275,8 @@ def _colliding(boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     centre = boxes[..., :2].transpose(0, 1)  # [T, A, 2]
     radius = torch.hypot(boxes[..., 3], boxes[..., 4]).T / 2  # [T, A]
     both = valid.T[:, :, None] & valid.T[:, None, :]  # [T, A, A]
-    near = torch.cdist(centre, centre) < radius[:, :, None] + radius[:, None, :]
+    distance = torch.cdist(centre, centre, compute_mode="donot_use_mm_for_euclid_dist")  # [T, A, A]
+    near = distance < radius[:, :, None] + radius[:, None, :]
     t, i, j = torch.nonzero(torch.triu(both & near, diagonal=1), as_tuple=True)
     hit = boxes_overlap(boxes[i, t], boxes[j, t])  # [P]
     out = torch.zeros_like(valid)
@@ -309,22 +312,33 @@ def _lane_end_direction(roadmap: RoadMap) -> torch.Tensor:
 
 
 def _light_violations(roadmap: RoadMap, trip: SceneState, rows: torch.Tensor) -> torch.Tensor:
-    """bool ``[V, T-1]``: vehicle ``rows[v]`` violates a light at transition k (index k − 1); step 3 of the doc."""
+    """bool ``[V, T-1]``: vehicle ``rows[v]`` violates a light at transition k (index k − 1); step 3 of the doc.
+
+    Broad phase: a crossing needs the stop point within one step's travel plus the lateral bound of the front
+    bumper at k − 1; the exact test runs on those (vehicle, slot, transition) triples only.
+    """
     traj, lights = trip.traj, trip.lights
     heading = traj.heading[rows].to(torch.float64)  # [V, T]
     front = traj.xy[rows].to(torch.float64) + (traj.length[rows].to(torch.float64) / 2)[..., None] * torch.stack(
         [torch.cos(heading), torch.sin(heading)], -1)  # [V, T, 2]
     stop = torch.stack([lights.stop_x, lights.stop_y], -1)[:, :-1].to(torch.float64)  # [S, T-1, 2] at k-1
-    u = _lane_end_direction(roadmap)[lights.lane_id[:, :-1].long().clamp_min(0)]  # [S, T-1, 2]
-    before = front[:, None, :-1] - stop  # [V, S, T-1, 2]
-    after = front[:, None, 1:] - stop
-    along_before, along_after = (before * u).sum(-1), (after * u).sum(-1)  # [V, S, T-1]
-    lateral = (before[..., 0] * u[..., 1] - before[..., 1] * u[..., 0]).abs()
+    travel = torch.linalg.norm(front[:, 1:] - front[:, :-1], dim=-1)  # [V, T-1]
+    gap = torch.cdist(front[:, :-1].transpose(0, 1), stop.transpose(0, 1),
+                      compute_mode="donot_use_mm_for_euclid_dist")  # [T-1, V, S]
     moving = traj.valid[rows, :-1] & traj.valid[rows, 1:]  # [V, T-1]
-    crossed = ((along_before < 0) & (along_after >= 0) & (lateral <= STOP_LINE_LATERAL_M)
-               & lights.valid[None, :, :-1] & moving[:, None])  # [V, S, T-1]
-    stop_state = (lights.state[:, :-1] == LightState.STOP)[None]  # [1, S, T-1]
-    return crossed.any(1) & ~(crossed & ~stop_state).any(1)
+    candidate = ((gap <= (travel.T + STOP_LINE_LATERAL_M)[:, :, None]) & moving.T[:, :, None]
+                 & lights.valid[:, :-1].T[:, None, :])  # [T-1, V, S]
+    k, v, g = torch.nonzero(candidate, as_tuple=True)  # [P] each
+    u = _lane_end_direction(roadmap)[lights.lane_id[g, k].long()]  # [P, 2] approach direction
+    before, after = front[v, k] - stop[g, k], front[v, k + 1] - stop[g, k]  # [P, 2]
+    lateral = (before[:, 0] * u[:, 1] - before[:, 1] * u[:, 0]).abs()
+    crossed = ((before * u).sum(-1) < 0) & ((after * u).sum(-1) >= 0) & (lateral <= STOP_LINE_LATERAL_M)
+    v, k, g = v[crossed], k[crossed], g[crossed]
+    crossings = torch.zeros(len(rows), trip.num_steps - 1)
+    crossings.index_put_((v, k), torch.ones(len(v)), accumulate=True)
+    not_stop = torch.zeros_like(crossings)
+    not_stop.index_put_((v, k), (lights.state[g, k] != LightState.STOP).float(), accumulate=True)
+    return (crossings > 0) & (not_stop == 0)
 
 
 # --- windows ---------------------------------------------------------------------
@@ -351,7 +365,7 @@ def _check_window(window: int, stride: int) -> None:
 def _check_trip(roadmap: RoadMap, trip: SceneState, window: int, label: str) -> None:
     """Validate one trip at the boundary; errors name the trip and the fix."""
     if not isinstance(trip, SceneState):
-        raise ValueError(f"{label}: expected a SceneState, got {type(trip).__name__}")
+        raise TypeError(f"{label}: expected a SceneState, got {type(trip).__name__}")
     if trip.traj.x.ndim != 2:
         raise ValueError(f"{label}: expected one unbatched trip with traj fields [A, T], got shape "
                          f"{list(trip.traj.x.shape)}")
