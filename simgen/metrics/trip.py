@@ -56,8 +56,8 @@ Steps
    6   ``offroad_rate``         fraction of valid vehicle-steps (``AgentType.VEHICLE``, the
                                 AV included) with **any of the four box corners** outside the
                                 drivable area (``RoadMap.is_drivable``). Corners, not the
-                                centre, as in WOSAC; logged SUMO vehicles on the grid map
-                                have zero corner-offroad steps. NaN without vehicles
+                                centre, as in WOSAC; on 60 s grid trips 0–0.6% of logged
+                                SUMO vehicle-steps have a corner off. NaN without vehicles
    7   ``collision_rate``       fraction of valid agent-steps (every type, the AV included)
                                 whose oriented box overlaps the box of another valid agent at
                                 the same step. Overlap means a positive-area intersection
@@ -98,10 +98,11 @@ Steps
    first edge or above the last are clipped into the end bins).
 5. **Smoothing and JSD.** Each non-empty histogram is normalised to p and
    mixed with the uniform distribution, (1 − ε)·p + ε/B, so every bin has
-   positive mass; this moves a JSD by less than 0.01. The JSD uses log base 2,
-   so it lies in [0, 1]. If only one side has values for a feature (say the
-   log never saw an agent enter, but the sim did), the feature scores 1; if
-   neither side has any, it scores 0.
+   positive mass; this moves a JSD by less than 0.003 (disjoint histograms
+   score 0.998 instead of 1). The JSD uses log base 2, so it lies in [0, 1].
+   If only one side has values for a feature (say the log never saw an agent
+   enter, but the sim did), the feature scores 1; if neither side has any, it
+   scores 0.
 6. **Light transitions.** The 4 × 4 counts of all windows are summed per side.
    Each row (from-state) is normalised and scored as in step 5, and the rows
    are averaged with weights equal to the log's row counts, so the states the
@@ -119,13 +120,19 @@ feature                                 edges
 ``valid_agents``                        0, 2, 4, …, 60 (30 bins)
 ``entering_agents``, ``exiting_agents`` 0, 1, 2, …, 20 (20 bins; bin i holds count i, the
                                         last holds 19 and more)
-``entering/exiting_distance_m``         0, 5, 10, …, 80 m (16 bins)
+``entering/exiting_distance_m``         0, 5, 10, …, 80 m (16 bins; the edge at 60 m is the
+                                        default radius, so rows kept valid beyond it land in
+                                        their own bin)
 ``offroad/collision/violation rate``    0, 1e-6, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1
                                         (9 bins; the first holds exact zeros. Uniform bins
                                         over [0, 1] would put a 3% collision rate in the
-                                        same bin as the log's 0%)
+                                        same bin as the log's 0–0.3%)
 ``speed_mps``                           0, 1, 2, …, 20 m/s (20 bins)
 ======================================  =====================================================
+
+Sample size: one 60 s trip gives 53 windows. Two SUMO trips of different
+AVs on the same grid map score a composite of about 0.16 against each other,
+so compare worlds on windows pooled over many trips.
 
 Cost: a 611-step trip with 60 rows and 80 light slots takes about 0.09 s on
 one CPU thread. Three broad phases keep it there: the separating-axis test
@@ -144,7 +151,7 @@ from types import MappingProxyType
 import torch
 import torch.nn.functional as F
 
-from simgen.types import DT_S, AgentType, LightState, RoadMap, SceneState
+from simgen.types import DT_S, AgentType, LightState, RoadMap, SceneState, TrafficLights
 from simgen.types.geometry import inside_even_odd
 
 __all__ = ["TRIP_BINS", "TRIP_FEATURES", "TripScore", "boxes_overlap", "js_divergence", "trip_jsd",
@@ -341,6 +348,31 @@ def _light_violations(roadmap: RoadMap, trip: SceneState, rows: torch.Tensor) ->
     return (crossings > 0) & (not_stop == 0)
 
 
+def _vehicle_offroad(roadmap: RoadMap, trip: SceneState, vehicle: torch.Tensor) -> torch.Tensor:
+    """bool ``[A, T]``: a corner of the box is off the drivable area, at the steps where ``vehicle`` ``[A, T]``."""
+    traj = trip.traj
+    a, t = torch.nonzero(vehicle, as_tuple=True)  # [N] each
+    centre = torch.stack([traj.x[a, t], traj.y[a, t]], -1).to(torch.float64)  # [N, 2]
+    half = torch.stack([traj.length[a, t], traj.width[a, t]], -1).to(torch.float64) / 2  # [N, 2]
+    axes = _box_axes(traj.heading[a, t].to(torch.float64))  # [N, 2, 2]
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    corners = centre[:, None] + (signs * half[:, None]) @ axes  # [N, 4, 2]
+    offroad = torch.zeros_like(vehicle)
+    offroad[a, t] = _offroad(roadmap, corners.reshape(-1, 2)).reshape(-1, 4).any(-1)
+    return offroad
+
+
+def _light_transition_counts(lights: TrafficLights) -> torch.Tensor:
+    """``[16, T-1]`` counts of (state at k−1, state at k), flattened as from·4 + to, over slots valid at both."""
+    num_transitions = lights.state.shape[-1] - 1
+    cells = NUM_LIGHT_STATES ** 2
+    both = lights.valid[:, :-1] & lights.valid[:, 1:]  # [S, T-1]
+    code = lights.state[:, :-1].long() * NUM_LIGHT_STATES + lights.state[:, 1:].long()  # [S, T-1]
+    k = torch.arange(num_transitions).expand_as(code)
+    counts = torch.bincount((k * cells + code)[both], minlength=num_transitions * cells)
+    return counts.reshape(num_transitions, cells).T
+
+
 # --- windows ---------------------------------------------------------------------
 
 def _window_sums(x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -373,6 +405,8 @@ def _check_trip(roadmap: RoadMap, trip: SceneState, window: int, label: str) -> 
         raise ValueError(f"{label}: recorded on map {trip.map_name!r}, but the roadmap is {roadmap.name!r}")
     if trip.num_steps < window:
         raise ValueError(f"{label}: {trip.num_steps} steps, shorter than one window of {window} steps")
+    if int(trip.meta.is_av.sum()) != 1:
+        raise ValueError(f"{label}: expected exactly one AV row (meta.is_av), found {int(trip.meta.is_av.sum())}")
     if not trip.traj.valid[trip.av_index].all():
         raise ValueError(f"{label}: the AV (row {trip.av_index}) must be valid at every step of a trip")
     lights = trip.lights
@@ -404,7 +438,6 @@ def _window_features(roadmap: RoadMap, trip: SceneState, window: int, stride: in
     num_steps = trip.num_steps
     starts = torch.arange(0, num_steps - window + 1, stride)  # [W]
     av = trip.av_index
-    used = torch.nonzero(traj.valid.any(-1)).flatten()  # rows valid at some step
 
     def steps_sum(x: torch.Tensor) -> torch.Tensor:  # [..., T] -> [..., W]
         return _window_sums(x, starts, window)
@@ -412,9 +445,10 @@ def _window_features(roadmap: RoadMap, trip: SceneState, window: int, stride: in
     def transitions_sum(x: torch.Tensor) -> torch.Tensor:  # [..., T-1] -> [..., W]
         return _window_sums(x, starts, window - 1)
 
+    # features 1-5 and 8: rows other than the AV
     xy = traj.xy.to(torch.float64)  # [A, T, 2]
     others = traj.valid.clone()
-    others[av] = False  # [A, T] valid rows except the AV
+    others[av] = False  # [A, T]
     distance_to_av = torch.linalg.norm(xy - xy[av], dim=-1)  # [A, T] m
     entering = ~others[:, :-1] & others[:, 1:]  # [A, T-1]
     exiting = others[:, :-1] & ~others[:, 1:]
@@ -422,30 +456,19 @@ def _window_features(roadmap: RoadMap, trip: SceneState, window: int, stride: in
     tracked = others[:, :-1] & others[:, 1:]  # [A, T-1]
     speed = torch.linalg.norm(xy[:, 1:] - xy[:, :-1], dim=-1) / DT_S  # [A, T-1] m/s
 
+    # features 6 and 9: vehicles, the AV included
     vehicle = traj.valid & (trip.meta.agent_type == AgentType.VEHICLE)[:, None]  # [A, T]
-    a, t = torch.nonzero(vehicle, as_tuple=True)
-    half = torch.stack([traj.length[a, t], traj.width[a, t]], -1).to(torch.float64) / 2  # [N, 2]
-    axes = _box_axes(traj.heading[a, t].to(torch.float64))  # [N, 2, 2]
-    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
-    corners = xy[a, t][:, None] + ((signs * half[:, None]) @ axes)  # [N, 4, 2]
-    offroad = torch.zeros_like(vehicle)
-    offroad[a, t] = _offroad(roadmap, corners.reshape(-1, 2)).reshape(-1, 4).any(-1)
+    offroad = _vehicle_offroad(roadmap, trip, vehicle)  # [A, T]
+    vehicle_rows = torch.nonzero(vehicle.any(-1)).flatten()  # [V]
+    present = steps_sum(vehicle[vehicle_rows]) > 0  # [V, W]
+    violators = transitions_sum(_light_violations(roadmap, trip, vehicle_rows)) > 0  # [V, W]
 
+    # feature 7: every row
+    used = torch.nonzero(traj.valid.any(-1)).flatten()  # [U] rows valid at some step
     boxes = torch.stack([traj.x, traj.y, traj.heading, traj.length, traj.width], -1)[used]  # [U, T, 5]
     colliding = _colliding(boxes.to(torch.float64), traj.valid[used])  # [U, T]
 
-    vehicle_rows = torch.nonzero(vehicle.any(-1)).flatten()  # [V]
-    violating = _light_violations(roadmap, trip, vehicle_rows)  # [V, T-1]
-    present = steps_sum(vehicle[vehicle_rows]) > 0  # [V, W]
-    violators = transitions_sum(violating) > 0  # [V, W]
-
-    light_pair = lights.valid[:, :-1] & lights.valid[:, 1:]  # [S, T-1]
-    code = lights.state[:, :-1].long() * NUM_LIGHT_STATES + lights.state[:, 1:].long()  # [S, T-1]
-    cells = NUM_LIGHT_STATES ** 2
-    k = torch.arange(num_steps - 1).expand_as(code)
-    per_transition = torch.bincount((k * cells + code)[light_pair], minlength=(num_steps - 1) * cells)
-    transitions = transitions_sum(per_transition.reshape(num_steps - 1, cells).T)  # [16, W]
-
+    transitions = transitions_sum(_light_transition_counts(lights))  # [16, W]
     return {
         "valid_agents": steps_sum(others.sum(0)) / window,
         "entering_agents": num_entering,

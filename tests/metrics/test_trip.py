@@ -364,6 +364,9 @@ def test_bad_input_is_named(roadmap):
     lost = trip.replace(traj=trip.traj.replace(valid=valid.flip(0)))  # the AV row leaves at step 50
     with pytest.raises(ValueError, match="the AV .* must be valid at every step"):
         trip_window_features(roadmap, lost)
+    no_av = trip.replace(meta=trip.meta.replace(is_av=torch.zeros(2, dtype=torch.bool)))
+    with pytest.raises(ValueError, match=r"log_trips\[0\]: expected exactly one AV row"):
+        trip_jsd(roadmap, [no_av], [trip])
     with pytest.raises(ValueError, match="stride=0"):
         trip_jsd(roadmap, [trip], [trip], stride=0)
 
