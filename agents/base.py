@@ -5,10 +5,20 @@ A policy is built from a ``PolicyContext`` and then used as::
     state = policy.reset(scene, generator)
     action, state = policy.act(scene, state, generator)
 
-``act`` returns an ``Action`` for the rows it controls: the AV's row for an
-AV policy (``role="av"``), every other row for a world (``role="world"``).
-A world also returns the next light states. Policies keep nothing on ``self``
-after construction; everything that changes lives in the returned state.
+``act`` returns an ``Action`` for the rows it controls, chosen by the role:
+
+- ``"av"``: the AV's row (an AV policy, from ``POLICIES``);
+- ``"world"``: every other row, plus the next light states. A rule-based
+  world drops agents beyond ``radius_m`` of the AV and may bring in new ones
+  (the rules of a trip, docs/FORMATS.md);
+- ``"all"``: every row, the AV's included, plus the lights: the WOSAC
+  evaluation protocol, where the world simulates every agent of a scene
+  window and the AV is one more agent. The rows are the window's: nobody is
+  dropped for distance (a window keeps its agents after they leave the
+  radius) and nobody is brought in.
+
+Worlds (``WORLDS``) take ``"world"`` or ``"all"``. Policies keep nothing on
+``self`` after construction; everything that changes lives in the returned state.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from simgen.registry import Registry
 from simgen.sim.env import hold_action
 from simgen.types import DT_S, Action, RoadMap, SceneState
 
-Role = Literal["av", "world"]
+Role = Literal["av", "world", "all"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +63,20 @@ def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
 
 
 def controlled_rows(scene: SceneState, role: Role) -> torch.Tensor:
-    """``[A]`` bool: the AV's row for ``av``, all other rows for ``world``."""
+    """``[A]`` bool: the AV's row for ``av``, all other rows for ``world``, every row for ``all``."""
+    if role == "all":
+        return torch.ones_like(scene.meta.is_av)
     return scene.meta.is_av.clone() if role == "av" else ~scene.meta.is_av
 
 
 def within_radius(scene: SceneState, x: torch.Tensor, y: torch.Tensor, radius_m: float) -> torch.Tensor:
-    """``[A]`` bool: positions within ``radius_m`` of the AV's current position."""
+    """``[A]`` bool: next-step positions within ``radius_m`` of the AV's next position, predicted at constant
+    velocity (the AV acts at the same time as the world), as logs define the scene at each step."""
     i, t = scene.av_index, scene.step
-    return torch.hypot(x - scene.traj.x[i, t], y - scene.traj.y[i, t]) <= radius_m
+    traj = scene.traj
+    av_x = traj.x[i, t] + traj.vel_x[i, t] * DT_S
+    av_y = traj.y[i, t] + traj.vel_y[i, t] * DT_S
+    return torch.hypot(x - av_x, y - av_y) <= radius_m
 
 
 def coast_action(scene: SceneState, role: Role) -> Action:
@@ -72,11 +88,13 @@ def coast_action(scene: SceneState, role: Role) -> Action:
 
 
 def as_world(ctx: PolicyContext, scene: SceneState, action: Action) -> Action:
-    """For a rule-based world: drop agents beyond ``radius_m`` of the AV and run the static signal programs."""
-    if ctx.role != "world":
+    """For a rule-based world: run the static signal programs and, in role ``world``, drop agents beyond
+    ``radius_m`` of the AV."""
+    if ctx.role == "av":
         return action
-    valid = action.valid & within_radius(scene, action.x, action.y, ctx.radius_m)
-    return action.replace(valid=valid, light_state=program_lights(ctx.roadmap, scene))
+    if ctx.role == "world":
+        action = action.replace(valid=action.valid & within_radius(scene, action.x, action.y, ctx.radius_m))
+    return action.replace(light_state=program_lights(ctx.roadmap, scene))
 
 
 def program_lights(roadmap: RoadMap, scene: SceneState) -> torch.Tensor:
