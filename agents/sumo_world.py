@@ -1,7 +1,8 @@
 """The ``sumo`` world: SUMO co-simulation. SUMO drives everyone but the AV, and the lights.
 
-Each step the AV is moved inside SUMO to its executed pose, so SUMO traffic
-reacts to it; SUMO then advances one step and reports every agent within the
+Each step the AV is moved inside SUMO to its executed pose advanced one step at
+constant velocity (the AV policy acts at the same time as the world), so SUMO
+traffic reacts to it; SUMO then advances one step and reports every agent within the
 scene radius. The policy state is a live ``SumoCoSim`` handle (libsumo holds
 one simulation per process), so this world is deterministic under its seed but
 not a pure function of its inputs; ``close`` ends the simulation.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from simgen.agents.base import WORLDS, PolicyContext
-from simgen.types import Action, SceneState
+from simgen.types import DT_S, Action, SceneState
 
 
 @WORLDS.register("sumo")
@@ -32,7 +33,10 @@ class SumoWorld:
     def act(self, scene: SceneState, sim, generator: torch.Generator) -> tuple[Action, object]:
         i, t = scene.av_index, scene.step
         traj = scene.traj
-        out = sim.step(float(traj.x[i, t]), float(traj.y[i, t]), float(traj.heading[i, t]))
+        # the AV acts at the same time as the world: SUMO gets its pose predicted one step ahead at constant
+        # velocity, so SUMO's drivers and the scene radius see the AV where it will (nearly) be at t+1
+        x, y = traj.x[i, t] + traj.vel_x[i, t] * DT_S, traj.y[i, t] + traj.vel_y[i, t] * DT_S
+        out = sim.step(float(x), float(y), float(traj.heading[i, t]))
         controlled = ~scene.meta.is_av
         action = Action(x=out.x, y=out.y, heading=out.heading, valid=out.valid & controlled, controlled=controlled,
                         length=out.length, width=out.width, height=out.height, agent_type=out.agent_type,
