@@ -18,12 +18,15 @@ all agents at once:
 The world version (``idm``) picks each agent's continuation at a junction at
 random from the lane graph (uniform over successors, under the generator); it
 never reads the logged route. Pedestrians, and agents that are not on a lane,
-move at constant velocity. Agents are valid while within ``radius_m`` of the
-AV and until they drive off the end of the map; agents 50 m beyond the radius
-are forgotten. So that traffic does not vanish on a long trip, the world
-inserts vehicles (passenger-car boxes, 0.8x the lane speed limit) at lane points
-just inside the radius whose lanes head towards the AV, while the scene holds
-fewer vehicles than it did at reset; each takes an empty row and a fresh id.
+move at constant velocity. In role ``world``, agents are valid while within
+``radius_m`` of the AV and until they drive off the end of the map; agents 50 m
+beyond the radius are forgotten. So that traffic does not vanish on a long
+trip, the world inserts vehicles (passenger-car boxes, 0.8x the lane speed
+limit) at lane points just inside the radius whose lanes head towards the AV,
+while the scene holds fewer vehicles than it did at reset; each takes an empty
+row and a fresh id.
+In role ``all`` (WOSAC evaluation) the world drives the AV's row like any
+other, keeps every agent until it drives off the map, and inserts nobody.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ class IDMDriver:
         return self._assemble(rows_t, lanes, entry, torch.tensor(s0, dtype=torch.float64),
                               traj.speed_mps[rows_t, t].to(torch.float64), torch.tensor(lat0, dtype=torch.float64),
                               factor, box.to(torch.float64), torch.ones(n, dtype=torch.bool),
-                              target=0 if self.fixed_route else int(vehicles.sum()))
+                              target=int(vehicles.sum()) if self.ctx.role == "world" else 0)
 
     def _speed_factors(self, n: int, generator: torch.Generator) -> torch.Tensor:
         factor = 1 + self.params.speed_factor_std * torch.randn(n, generator=generator, dtype=torch.float64)

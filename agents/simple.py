@@ -10,8 +10,14 @@ from simgen.types import Action, SceneState
 
 @POLICIES.register("log_replay")
 @WORLDS.register("log_replay")
+@WORLDS.register("log_copies")
 class LogReplay:
-    """Replays the reference log (the one actor allowed to read the logged future)."""
+    """Replays the reference log (the one actor allowed to read the logged future).
+
+    ``log_copies`` is the same world under the name of its evaluation role: in
+    role ``all`` every rollout is an identical copy of the log, the per-scene
+    ceiling of the realism metrics (``simgen.metrics.evaluate``).
+    """
 
     def __init__(self, ctx: PolicyContext):
         if ctx.log is None:
@@ -32,7 +38,7 @@ class LogReplay:
             x=log.x[:, t], y=log.y[:, t], heading=log.heading[:, t], valid=log.valid[:, t] & controlled,
             controlled=controlled, length=log.length[:, t], width=log.width[:, t], height=log.height[:, t],
             agent_type=self.ctx.log.meta.agent_type, object_id=self.ctx.log.meta.object_id,
-            light_state=self.ctx.log.lights.state[:, t] if self.ctx.role == "world" else None,
+            light_state=self.ctx.log.lights.state[:, t] if self.ctx.role != "av" else None,
         )
         return action, None
 
