@@ -288,19 +288,20 @@ def _check_inputs(log: SceneState, sim_traj: AgentTrajectory, sim_lights: Traffi
         raise ValueError(f"log.step={log.step}: no future steps after the history in a {T}-step window")
     for name, traj in (("log", log.traj), ("sim_traj", sim_traj)):
         _check_units(name, traj)
-    history = slice(0, log.step + 1)
-    if not torch.equal(sim_traj.valid[..., history], log.traj.valid[None, :, history].expand_as(
-            sim_traj.valid[..., history])):
-        raise ValueError("sim_traj: validity over the history steps differs from the log's; rollouts must start "
-                         "from the logged history (copy steps 0..log.step from the log)")
-    for field in ("x", "y"):
-        gap = (getattr(sim_traj, field) - getattr(log.traj, field))[..., history].abs().amax()
-        if gap > HISTORY_TOLERANCE_M:
-            raise ValueError(f"sim_traj.{field}: history differs from the log's by up to {float(gap):.3g} m; "
-                             "rollouts must start from the logged history")
     if not log.traj.valid[:, log.step].any():
         raise ValueError(f"empty scene: no agent is valid at the last history step (log.step={log.step}), "
                          "so there is nothing to evaluate")
+    history = slice(0, log.step + 1)
+    log_valid = log.traj.valid[:, history]
+    if not (sim_traj.valid[..., history] == log_valid).all():
+        raise ValueError("sim_traj: validity over the history steps differs from the log's; rollouts must start "
+                         "from the logged history (copy steps 0..log.step from the log)")
+    for field in ("x", "y"):
+        gap = torch.where(log_valid, getattr(sim_traj, field)[..., history] - getattr(log.traj, field)[:, history],
+                          0.0).abs().amax()
+        if gap > HISTORY_TOLERANCE_M:
+            raise ValueError(f"sim_traj.{field}: history differs from the log's by up to {float(gap):.3g} m; "
+                             "rollouts must start from the logged history")
     if sim_lights is not None:
         try:
             sim_lights.validate()
