@@ -35,9 +35,10 @@ With ``redraw_speed_factors=False`` a branch changes only the seed: the SUMO
 co-simulation from the saved state (``simgen.metrics.evaluate`` runs its
 ``sumo`` world this way on scene windows).
 
-Persons are restored only if the saved state holds them (SUMO's
-``--save-state.transportables``); otherwise their rows are invalid from the
-first simulated step on.
+Every agent present at the branch point must be in the saved state: persons
+are saved only with SUMO's ``--save-state.transportables``, and ``reset``
+refuses a scene whose people the state lacks (their rows would vanish, which
+the metrics would score as the oracle's failure).
 
 The policy state is the live SUMO run (libsumo holds one simulation per
 process, so one branch runs at a time per process); ``close`` ends it.
@@ -112,11 +113,27 @@ class SumoBranch:
         if current_step() != begin:
             raise ValueError(f"{point.state_file}: saved at step {current_step()}, the scene's last history step "
                              f"is {begin}")
+        self._check_restored(scene)
         if self.redraw:
             redraw_speed_factors(np.random.default_rng(self.ctx.seed), point.speed_factor_dev)
         rows = controlled_rows(scene, self.ctx.role).tolist()
         row_of = {sumo_id: row for row, sumo_id in enumerate(point.sumo_ids) if sumo_id and rows[row]}
         return _Branch(SumoRecorder(self.ctx.roadmap), row_of, scene.lights.signal_id[:, scene.step].numpy())
+
+    def _check_restored(self, scene: SceneState) -> None:
+        """Every row present at the branch point must be in the reloaded SUMO run."""
+        import libsumo
+
+        point = self.ctx.reference
+        present = scene.traj.valid[:, scene.step].tolist()
+        known = {*libsumo.vehicle.getIDList(), *libsumo.person.getIDList()}
+        missing = [sumo_id for sumo_id, here in zip(point.sumo_ids, present) if here and sumo_id not in known]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"{point.state_file}: the saved state lacks {len(missing)} agents of the scene ({shown}); persons "
+                "are saved only with SUMO's --save-state.transportables, so logs recorded without it cannot be "
+                "branched where people walk")
 
     def act(self, scene: SceneState, branch: _Branch, generator: torch.Generator) -> tuple[Action, _Branch]:
         if self.ctx.role == "world":
