@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -133,6 +134,7 @@ _ROLLOUT_CHUNK = 4  # rollouts per broad-phase chunk (bounds [chunk, A, A, block
 COARSE_CELL_M = 16.0  # cell lists: coarse and fine cell sizes (coarse is a multiple of fine)
 FINE_CELL_M = 1.0
 GRID_PHASE_M = 0.318309886  # odd offset of the cell grid, so cell centres rarely sit on map vertices
+DENSE_CELL_TABLE = 1 << 24  # number cells with a dense table up to this many cells in their bounding range
 CROP_MARGIN_M = 50.0  # first guess of how far beyond the queries segments can matter (checked, grown if short)
 
 FEATURE_NAMES = (
@@ -143,6 +145,8 @@ FEATURE_NAMES = (
 
 # Corner sign patterns (along the box's x axis, along its y axis) in counter-clockwise order.
 _CORNER_SIGNS = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], dtype=FLOAT)
+SEARCH_FLOAT = torch.float32  # the nearest-object search runs in float32; the winners are recomputed in FLOAT
+SEARCH_TOLERANCE_M = 1e-3  # pairs within this of the float32 minimum are recomputed (float32 error << this)
 
 
 def scene_features(roadmap: RoadMap, traj: AgentTrajectory, meta: AgentMeta, lights: TrafficLights, *,
@@ -264,64 +268,127 @@ class _Boxes:
                             self.y[..., None] + along * sin + across * cos], dim=-1)
 
 
-def rounded_box_signed_distance(dx: torch.Tensor, dy: torch.Tensor, cos_i: torch.Tensor, sin_i: torch.Tensor,
-                                half_i: torch.Tensor, cos_j: torch.Tensor, sin_j: torch.Tensor,
-                                half_j: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class BoxShape:
+    """Orientation (rad) and size (m) of boxes as flat rows ``[N]``: what pair geometry needs."""
+
+    heading: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    half_length: torch.Tensor
+    half_width: torch.Tensor
+    shrink: torch.Tensor  # official corner rounding: CORNER_ROUNDING_FACTOR x min(L, W) / 2
+
+    def take(self, index: torch.Tensor) -> BoxShape:
+        return BoxShape(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def to(self, dtype: torch.dtype) -> BoxShape:
+        return BoxShape(**{f.name: getattr(self, f.name).to(dtype) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class BoxRows:
+    """``_Boxes`` as flat rows ``[R * A * F]``, one per agent-step (m, rad)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    half_diagonal: torch.Tensor
+    shape: BoxShape
+
+    @classmethod
+    def of(cls, boxes: _Boxes) -> BoxRows:
+        half_length, half_width = boxes.half_length.reshape(-1), boxes.half_width.reshape(-1)
+        shape = BoxShape(heading=boxes.heading.reshape(-1), cos=boxes.cos.reshape(-1), sin=boxes.sin.reshape(-1),
+                         half_length=half_length, half_width=half_width,
+                         shrink=CORNER_ROUNDING_FACTOR * torch.minimum(half_length, half_width))
+        return cls(x=boxes.x.reshape(-1), y=boxes.y.reshape(-1), half_diagonal=boxes.half_diagonal.reshape(-1),
+                   shape=shape)
+
+    def to(self, dtype: torch.dtype) -> BoxRows:
+        return BoxRows(x=self.x.to(dtype), y=self.y.to(dtype), half_diagonal=self.half_diagonal.to(dtype),
+                       shape=self.shape.to(dtype))
+
+
+def rounded_box_signed_distance(dx: torch.Tensor, dy: torch.Tensor, box_i: BoxShape,
+                                box_j: BoxShape) -> torch.Tensor:
     """Signed distance (m) between boxes i and j with rounded corners (feature 2); negative on overlap.
 
-    ``dx, dy`` ``[N]``: centre of j minus centre of i, m. ``cos, sin`` ``[N]``:
-    headings. ``half`` ``[N, 2]``: half length, half width, m.
+    ``dx, dy`` ``[N]``: centre of j minus centre of i, m; ``box_i``, ``box_j``:
+    their rows. Any float dtype.
     """
-    shrink_i = CORNER_ROUNDING_FACTOR * half_i.amin(-1)  # [N] = 0.7 min(L, W) / 2
-    shrink_j = CORNER_ROUNDING_FACTOR * half_j.amin(-1)
-    core_i, core_j = half_i - shrink_i[:, None], half_j - shrink_j[:, None]  # [N, 2]
-    cos_d, sin_d = cos_i * cos_j + sin_i * sin_j, cos_i * sin_j - sin_i * cos_j  # of θj - θi
-    j_in_i = torch.stack([dx * cos_i + dy * sin_i, -dx * sin_i + dy * cos_i], dim=-1)  # [N, 2]
-    i_in_j = -torch.stack([dx * cos_j + dy * sin_j, -dx * sin_j + dy * cos_j], dim=-1)
-    overlap_i, gap_i = _box_against_axis_aligned(j_in_i, cos_d, sin_d, core_j, core_i)
-    overlap_j, gap_j = _box_against_axis_aligned(i_in_j, cos_d, -sin_d, core_i, core_j)
-    overlapping = (overlap_i > 0) & (overlap_j > 0)  # no separating axis among the four edge normals
-    core_distance = torch.where(overlapping, -torch.minimum(overlap_i, overlap_j), torch.minimum(gap_i, gap_j))
-    return core_distance - shrink_i - shrink_j
+    pair = _CorePair(dx, dy, box_i, box_j)
+    overlap = pair.overlap()
+    gap = torch.minimum(_corner_gap(*pair.j_in_i, pair.cos_d, pair.sin_d, pair.core_j, pair.core_i),
+                        _corner_gap(*pair.i_in_j, pair.cos_d, -pair.sin_d, pair.core_i, pair.core_j))
+    return torch.where(overlap > 0, -overlap, gap) - box_i.shrink - box_j.shrink
 
 
-def _box_against_axis_aligned(centre: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: torch.Tensor,
-                              fixed_half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A box (centre ``[N, 2]``, rotation, half sizes ``[N, 2]``) in the frame of an axis-aligned box at 0.
+def rounded_box_distance_bound(dx: torch.Tensor, dy: torch.Tensor, box_i: BoxShape,
+                               box_j: BoxShape) -> torch.Tensor:
+    """Lower bound of ``rounded_box_signed_distance`` (same arguments) from the four separating axes alone.
 
-    Returns the smaller overlap of their projections on the fixed box's two
-    axes ``[N]`` (> 0 on both iff those axes do not separate them) and the
-    distance from the moving box's nearest corner to the fixed box ``[N]``.
+    Exact when the cores overlap; otherwise the largest gap between their
+    projections on an edge normal, which the corner-to-box distance exceeds
+    only when the nearest features are two corners.
     """
+    return -_CorePair(dx, dy, box_i, box_j).overlap() - box_i.shrink - box_j.shrink
+
+
+class _CorePair:
+    """Boxes i and j shrunk to their rectangular cores (half sizes, m), each in the other's frame."""
+
+    def __init__(self, dx: torch.Tensor, dy: torch.Tensor, i: BoxShape, j: BoxShape):
+        self.core_i = (i.half_length - i.shrink, i.half_width - i.shrink)
+        self.core_j = (j.half_length - j.shrink, j.half_width - j.shrink)
+        self.cos_d, self.sin_d = i.cos * j.cos + i.sin * j.sin, i.cos * j.sin - i.sin * j.cos  # of θj - θi
+        self.j_in_i = (dx * i.cos + dy * i.sin, -dx * i.sin + dy * i.cos)  # centre of j in i's frame
+        self.i_in_j = (-dx * j.cos - dy * j.sin, dx * j.sin - dy * j.cos)
+
+    def overlap(self) -> torch.Tensor:
+        """``[N]`` smallest overlap of the cores' projections on the four edge normals (< 0: separated)."""
+        return torch.minimum(_axis_overlap(*self.j_in_i, self.cos_d, self.sin_d, self.core_j, self.core_i),
+                             _axis_overlap(*self.i_in_j, self.cos_d, -self.sin_d, self.core_i, self.core_j))
+
+
+def _axis_overlap(cx: torch.Tensor, cy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  half: tuple[torch.Tensor, torch.Tensor], fixed: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Smaller overlap, on the x and y axes, of a box (centre ``cx, cy`` ``[N]``, rotation, half sizes) and
+    an axis-aligned box centred at 0 (half sizes ``fixed``). ``[N]``."""
+    (hx, hy), (fx, fy) = half, fixed
     abs_cos, abs_sin = cos.abs(), sin.abs()
-    extent = torch.stack([half[:, 0] * abs_cos + half[:, 1] * abs_sin,
-                          half[:, 0] * abs_sin + half[:, 1] * abs_cos], dim=-1)  # [N, 2] projected half sizes
-    overlap = (fixed_half + extent - centre.abs()).amin(-1)
-    axis_x = half[:, :1] * torch.stack([cos, sin], dim=-1)  # [N, 2]
-    axis_y = half[:, 1:] * torch.stack([-sin, cos], dim=-1)
-    corners = (centre[:, None] + _CORNER_SIGNS[:, :1] * axis_x[:, None]
-               + _CORNER_SIGNS[:, 1:] * axis_y[:, None])  # [N, 4, 2]
-    outside = (corners.abs() - fixed_half[:, None]).clamp_min(0)
-    return overlap, torch.linalg.vector_norm(outside, dim=-1).amin(-1)
+    return torch.minimum(fx + hx * abs_cos + hy * abs_sin - cx.abs(), fy + hx * abs_sin + hy * abs_cos - cy.abs())
 
 
-def time_to_collision_terms(dx: torch.Tensor, dy: torch.Tensor, heading_i: torch.Tensor, cos_i: torch.Tensor,
-                            sin_i: torch.Tensor, half_i: torch.Tensor, heading_j: torch.Tensor,
-                            cos_j: torch.Tensor, sin_j: torch.Tensor,
-                            half_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _corner_gap(cx: torch.Tensor, cy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                half: tuple[torch.Tensor, torch.Tensor], fixed: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Distance from the nearest corner of a box (as in ``_axis_overlap``) to the axis-aligned box. ``[N]``."""
+    (hx, hy), (fx, fy) = half, fixed
+    # corners: centre ± (a + b) and ± (a - b), with half axes a = hx (cos, sin) and b = hy (-sin, cos)
+    px, py = hx * cos - hy * sin, hx * sin + hy * cos
+    mx, my = hx * cos + hy * sin, hx * sin - hy * cos
+    nearest = None
+    for qx, qy in ((cx + px, cy + py), (cx - px, cy - py), (cx + mx, cy + my), (cx - mx, cy - my)):
+        ox, oy = (qx.abs() - fx).clamp_min_(0), (qy.abs() - fy).clamp_min_(0)
+        squared = ox * ox + oy * oy
+        nearest = squared if nearest is None else torch.minimum(nearest, squared)
+    return nearest.sqrt()
+
+
+def time_to_collision_terms(dx: torch.Tensor, dy: torch.Tensor, box_i: BoxShape,
+                            box_j: BoxShape) -> tuple[torch.Tensor, torch.Tensor]:
     """Is j followed by i, and the gap (m) from i's front to j's rearmost corner (feature 4). ``[N]`` each.
 
-    Arguments as in ``rounded_box_signed_distance`` plus headings (rad); boxes are sharp.
+    Arguments as in ``rounded_box_signed_distance``; boxes are sharp.
     """
-    yaw_diff = (heading_j - heading_i).abs()  # unwrapped, as in the official code
-    abs_cos = (cos_i * cos_j + sin_i * sin_j).abs()  # |cos(yaw_diff)|
-    abs_sin = (cos_i * sin_j - sin_i * cos_j).abs()
-    long_offset = half_j[:, 0] * abs_cos + half_j[:, 1] * abs_sin  # j's centre to its nearest corner, along i
-    lat_offset = half_j[:, 0] * abs_sin + half_j[:, 1] * abs_cos
-    rel_x = dx * cos_i + dy * sin_i
-    rel_y = -dx * sin_i + dy * cos_i
-    gap = rel_x - half_i[:, 0] - long_offset
-    lateral = rel_y.abs() - half_i[:, 1] - lat_offset  # < 0: j overlaps i's straight trail
+    yaw_diff = (box_j.heading - box_i.heading).abs()  # unwrapped, as in the official code
+    abs_cos = (box_i.cos * box_j.cos + box_i.sin * box_j.sin).abs()  # |cos(yaw_diff)|
+    abs_sin = (box_i.cos * box_j.sin - box_i.sin * box_j.cos).abs()
+    long_offset = box_j.half_length * abs_cos + box_j.half_width * abs_sin  # j's centre to its nearest corner
+    lat_offset = box_j.half_length * abs_sin + box_j.half_width * abs_cos
+    rel_x = dx * box_i.cos + dy * box_i.sin
+    rel_y = -dx * box_i.sin + dy * box_i.cos
+    gap = rel_x - box_i.half_length - long_offset
+    lateral = rel_y.abs() - box_i.half_width - lat_offset  # < 0: j overlaps i's straight trail
     followed = ((gap > 0) & (yaw_diff <= MAX_HEADING_DIFF_RAD) & (lateral < 0)
                 & ((lateral < -SMALL_OVERLAP_THRESHOLD_M) | (yaw_diff <= MAX_HEADING_DIFF_SMALL_OVERLAP_RAD)))
     return followed, gap
@@ -338,33 +405,23 @@ def interaction_features(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor
     """
     R, A, F = valid.shape
     size = R * A * F
-    flat = _FlatBoxes(boxes)
+    flat = BoxRows.of(boxes)
     near, follow = _broad_phase(boxes, speed, valid, is_vehicle)
 
-    # Distance: keep the pairs whose lower bound reaches the best upper bound of their agent-step.
-    fi, fj = near
-    dx, dy = flat.x[fj] - flat.x[fi], flat.y[fj] - flat.y[fi]  # [N] m
-    centre_distance = torch.hypot(dx, dy)
-    upper = centre_distance - CORNER_ROUNDING_FACTOR * (flat.half[fi].amin(-1) + flat.half[fj].amin(-1))
-    keep = centre_distance - flat.half_diagonal[fi] - flat.half_diagonal[fj] <= _scatter_min(upper, fi, size)[fi]
-    fi, fj = fi[keep], fj[keep]
-    pair_distance = rounded_box_signed_distance(dx[keep], dy[keep], flat.cos[fi], flat.sin[fi], flat.half[fi],
-                                                flat.cos[fj], flat.sin[fj], flat.half[fj])
-    distance = _scatter_min(pair_distance, fi, size)
+    distance = _nearest_object_distance(flat, *near, size)
 
     # Time to collision: pairs inside the ego's forward strip that 5 s at its speed can close.
     fi, fj = follow
     speed = speed.reshape(-1)
     dx, dy = flat.x[fj] - flat.x[fi], flat.y[fj] - flat.y[fi]
-    rel_x = dx * flat.cos[fi] + dy * flat.sin[fi]
-    rel_y = -dx * flat.sin[fi] + dy * flat.cos[fi]
-    reach = flat.half[fi, 0] + flat.half_diagonal[fj] + MAX_TIME_TO_COLLISION_S * speed[fi]
-    keep = ((rel_x > flat.half[fi, 0]) & (rel_x < reach)
-            & (rel_y.abs() < flat.half[fi, 1] + flat.half_diagonal[fj]))
+    shape = flat.shape
+    rel_x = dx * shape.cos[fi] + dy * shape.sin[fi]
+    rel_y = -dx * shape.sin[fi] + dy * shape.cos[fi]
+    reach = shape.half_length[fi] + flat.half_diagonal[fj] + MAX_TIME_TO_COLLISION_S * speed[fi]
+    keep = ((rel_x > shape.half_length[fi]) & (rel_x < reach)
+            & (rel_y.abs() < shape.half_width[fi] + flat.half_diagonal[fj]))
     fi, fj = fi[keep], fj[keep]
-    followed, gap = time_to_collision_terms(dx[keep], dy[keep], flat.heading[fi], flat.cos[fi], flat.sin[fi],
-                                            flat.half[fi], flat.heading[fj], flat.cos[fj], flat.sin[fj],
-                                            flat.half[fj])
+    followed, gap = time_to_collision_terms(dx[keep], dy[keep], shape.take(fi), shape.take(fj))
     fi, fj, gap = fi[followed], fj[followed], gap[followed]
     best_gap = _scatter_min(gap, fi, size)
     closest = gap == best_gap[fi]
@@ -380,20 +437,39 @@ def interaction_features(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor
     return distance.reshape(R, A, F), ttc.reshape(R, A, F)
 
 
-class _FlatBoxes:
-    """``_Boxes`` flattened to ``[R * A * F]`` for gathers by agent-step."""
+def _nearest_object_distance(flat: BoxRows, fi: torch.Tensor, fj: torch.Tensor, size: int) -> torch.Tensor:
+    """``[size]`` min over the pairs ``(fi, fj)`` of the rounded-box distance, +inf without a pair.
 
-    def __init__(self, boxes: _Boxes):
-        self.x, self.y = boxes.x.reshape(-1), boxes.y.reshape(-1)
-        self.heading, self.cos, self.sin = boxes.heading.reshape(-1), boxes.cos.reshape(-1), boxes.sin.reshape(-1)
-        self.half = torch.stack([boxes.half_length.reshape(-1), boxes.half_width.reshape(-1)], dim=-1)  # [N, 2]
-        self.half_diagonal = boxes.half_diagonal.reshape(-1)
+    1. Search (``SEARCH_FLOAT``): keep a pair if its lower bound
+       ``|c_i - c_j| - r_i - r_j`` reaches its agent-step's best upper bound
+       ``|c_i - c_j| - s_i - s_j``, then bound the kept pairs by their separating axes.
+    2. Exact (``FLOAT``): the pair with the smallest bound, then every pair
+       whose bound is below that distance (``SEARCH_TOLERANCE_M`` covers the
+       search's rounding); the minimum of these.
+    """
+    low = flat.to(SEARCH_FLOAT)
+    dx, dy = low.x[fj] - low.x[fi], low.y[fj] - low.y[fi]
+    centre_distance = torch.hypot(dx, dy)
+    upper = centre_distance - low.shape.shrink[fi] - low.shape.shrink[fj]
+    lower = centre_distance - low.half_diagonal[fi] - low.half_diagonal[fj]
+    keep = lower <= _scatter_min(upper, fi, size)[fi] + SEARCH_TOLERANCE_M
+    fi, fj = fi[keep], fj[keep]
+    bound = rounded_box_distance_bound(dx[keep], dy[keep], low.shape.take(fi), low.shape.take(fj)).to(FLOAT)
+    first = bound == _scatter_min(bound, fi, size)[fi]
+    distance = _scatter_min(_exact_distance(flat, fi[first], fj[first]), fi[first], size)
+    rest = ~first & (bound < distance[fi] + SEARCH_TOLERANCE_M)
+    return distance.scatter_reduce(0, fi[rest], _exact_distance(flat, fi[rest], fj[rest]), reduce="amin")
+
+
+def _exact_distance(flat: BoxRows, fi: torch.Tensor, fj: torch.Tensor) -> torch.Tensor:
+    return rounded_box_signed_distance(flat.x[fj] - flat.x[fi], flat.y[fj] - flat.y[fi], flat.shape.take(fi),
+                                       flat.shape.take(fj))
 
 
 def _scatter_min(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """``out[k] = min(values[index == k])``, +inf where no value lands. ``[size]``."""
-    out = torch.full((size,), math.inf, dtype=FLOAT)
-    return out.scatter_reduce(0, index, values.to(FLOAT), reduce="amin")
+    """``out[k] = min(values[index == k])``, +inf where no value lands. ``[size]``, the dtype of ``values``."""
+    out = torch.full((size,), math.inf, dtype=values.dtype)
+    return out.scatter_reduce(0, index, values, reduce="amin")
 
 
 def _broad_phase(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor,
@@ -419,28 +495,29 @@ def _broad_phase(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor,
     R, A, F = valid.shape
     nb = -(-F // BLOCK_STEPS)
     centres = torch.stack([boxes.x, boxes.y], dim=-1)[..., None, :]  # [R, A, F, 1, 2]
-    lo, hi = (v.float() for v in _block_aabb(centres, valid, nb))  # [R, A, nb, 2]
+    box = _block_aabb(centres, valid, nb)  # x_lo, y_lo, x_hi, y_hi [R, A, nb]
     reach = _pad_blocks(torch.where(valid, boxes.half_diagonal, -math.inf), nb, -math.inf).amax(3).float()
     valid_any = _pad_blocks(valid, nb, False).any(3)  # [R, A, nb]
     valid_all = _pad_blocks(valid, nb, True).all(3)
     vehicles = is_vehicle.nonzero()[:, 0]
     forward = torch.where(speed.isfinite(), speed, 0.0)[:, vehicles] * MAX_TIME_TO_COLLISION_S  # [R, V, F] m
-    strip_lo, strip_hi = (v.float() for v in _block_aabb(_strip_corners(boxes, vehicles, forward),
-                                                         valid[:, vehicles], nb))  # [R, V, nb, 2]
+    strip = _block_aabb(_strip_corners(boxes, vehicles, forward), valid[:, vehicles], nb)  # [R, V, nb] each
     others = ~torch.eye(A, dtype=torch.bool)[None, :, :, None]  # [1, A, A, 1]
 
     near, follow = [], []
     for r0 in range(0, R, _ROLLOUT_CHUNK):
         rs = slice(r0, r0 + _ROLLOUT_CHUNK)
-        lo_j, hi_j, reach_j = lo[rs, None], hi[rs, None], reach[rs, None]  # partners j on axis 2
-        pair = others & valid_any[rs, :, None] & valid_any[rs, None]  # [r, A, A, nb]
-        gap = _aabb_gap(lo[rs, :, None], hi[rs, :, None], lo_j, hi_j)
-        span = torch.linalg.vector_norm(torch.maximum(hi_j - lo[rs, :, None], hi[rs, :, None] - lo_j), dim=-1)
+        ego = [v[rs, :, None] for v in box]  # agents i on axis 1, partners j on axis 2: [r, A, A, nb]
+        partner = [v[rs, None] for v in box]
+        pair = others & valid_any[rs, :, None] & valid_any[rs, None]
+        gap = _aabb_gap(ego, partner)
+        span = torch.hypot(torch.maximum(partner[2] - ego[0], ego[2] - partner[0]),
+                           torch.maximum(partner[3] - ego[1], ego[3] - partner[1]))  # farthest points
         best_span = torch.where(others & valid_all[rs, None], span, math.inf).amin(2, keepdim=True)
-        nearest = gap - reach[rs, :, None] - reach_j <= best_span + BOUND_SLACK_M
+        nearest = gap - reach[rs, :, None] - reach[rs, None] <= best_span + BOUND_SLACK_M
         near.append(_offset(r0, (nearest & pair).nonzero()))
-        strip_gap = _aabb_gap(strip_lo[rs, :, None], strip_hi[rs, :, None], lo_j, hi_j)  # [r, V, A, nb]
-        followable = (strip_gap <= math.sqrt(2) * reach_j + BOUND_SLACK_M) & pair[:, vehicles]
+        strip_gap = _aabb_gap([v[rs, :, None] for v in strip], partner)  # [r, V, A, nb]
+        followable = (strip_gap <= math.sqrt(2) * reach[rs, None] + BOUND_SLACK_M) & pair[:, vehicles]
         index = _offset(r0, followable.nonzero())
         index[:, 1] = vehicles[index[:, 1]]
         follow.append(index)
@@ -453,21 +530,25 @@ def _offset(r0: int, index: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def _aabb_gap(lo_a: torch.Tensor, hi_a: torch.Tensor, lo_b: torch.Tensor, hi_b: torch.Tensor) -> torch.Tensor:
-    """Distance between axis-aligned boxes ``[..., 2]`` (0 if they overlap, inf if one is empty). ``[...]``."""
-    return torch.linalg.vector_norm(torch.maximum(lo_b - hi_a, lo_a - hi_b).clamp_min(0), dim=-1)
+def _aabb_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Distance between axis-aligned boxes given as (x_lo, y_lo, x_hi, y_hi), broadcast (0 if they overlap,
+    inf if one is empty)."""
+    gap_x = torch.maximum(b[0] - a[2], a[0] - b[2]).clamp_min_(0)
+    gap_y = torch.maximum(b[1] - a[3], a[1] - b[3]).clamp_min_(0)
+    return torch.hypot(gap_x, gap_y)
 
 
 def _pair_steps(index: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Block pairs ``[n, 4]`` (rollout, i, j, block) -> flat agent-steps ``(i, j)`` where both are valid."""
     _, A, F = valid.shape
     r, i, j, block = index.unbind(-1)
-    t = block[:, None] * BLOCK_STEPS + torch.arange(BLOCK_STEPS)  # [n, B]
-    inside = t < F
-    t, r, i, j = t[inside], *(v[:, None].expand(inside.shape)[inside] for v in (r, i, j))
-    fi, fj = (r * A + i) * F + t, (r * A + j) * F + t
-    flat_valid = valid.reshape(-1)
-    both = flat_valid[fi] & flat_valid[fj]
+    step = torch.arange(BLOCK_STEPS)
+    first = block * BLOCK_STEPS
+    fi = (((r * A + i) * F + first)[:, None] + step).reshape(-1)  # [n * B]
+    fj = (((r * A + j) * F + first)[:, None] + step).reshape(-1)
+    inside = ((first[:, None] + step) < F).reshape(-1)  # the last block may be short
+    flat_valid = torch.cat([valid.reshape(-1), torch.zeros(BLOCK_STEPS, dtype=torch.bool)])  # room past the end
+    both = inside & flat_valid[fi] & flat_valid[fj]
     return fi[both], fj[both]
 
 
@@ -478,13 +559,14 @@ def _pad_blocks(v: torch.Tensor, nb: int, fill) -> torch.Tensor:
     return torch.cat([v, pad], dim=2).reshape(R, A, nb, BLOCK_STEPS, *v.shape[3:])
 
 
-def _block_aabb(points: torch.Tensor, valid: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """AABB per block of ``points`` ``[R, A, F, P, 2]`` at valid steps -> lo, hi ``[R, A, nb, 2]`` (+inf, -inf if none)."""
+def _block_aabb(points: torch.Tensor, valid: torch.Tensor, nb: int) -> list[torch.Tensor]:
+    """AABB per block of ``points`` ``[R, A, F, P, 2]`` at valid steps: float32 x_lo, y_lo, x_hi, y_hi
+    ``[R, A, nb]`` (lo +inf and hi -inf where no step is valid)."""
     R, A = valid.shape[:2]
     mask = valid[..., None, None]
-    lo = _pad_blocks(torch.where(mask, points, math.inf), nb, math.inf).reshape(R, A, nb, -1, 2).amin(3)
-    hi = _pad_blocks(torch.where(mask, points, -math.inf), nb, -math.inf).reshape(R, A, nb, -1, 2).amax(3)
-    return lo, hi
+    lo = _pad_blocks(torch.where(mask, points, math.inf), nb, math.inf).reshape(R, A, nb, -1, 2).amin(3).float()
+    hi = _pad_blocks(torch.where(mask, points, -math.inf), nb, -math.inf).reshape(R, A, nb, -1, 2).amax(3).float()
+    return [lo[..., 0], lo[..., 1], hi[..., 0], hi[..., 1]]
 
 
 def _strip_corners(boxes: _Boxes, rows: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
@@ -525,9 +607,46 @@ def signed_distance_to_rings(points: torch.Tensor, a: torch.Tensor, b: torch.Ten
     # the same side. Otherwise count the edges crossed on the way from the centre.
     far = (torch.linalg.vector_norm(points - centre, dim=-1) >= distance).nonzero()[:, 0]
     for rows, candidates in cells.candidate_groups(far):
-        crossed = _crossings(centre[rows], points[rows], cells.a[candidates], cells.b[candidates])
-        inside[rows] ^= crossed % 2 == 1
+        inside[rows] ^= cells.segments.crossings(centre[rows], points[rows], candidates) % 2 == 1
     return torch.where(inside, -distance, distance)
+
+
+class _Segments:
+    """Segments as gatherable columns ``[M]``: start (m), direction = end - start (m), 1 / |direction|² (0 if
+    degenerate). A hot-loop form of ``simgen.types.geometry.point_segment_distance`` (same formula)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        d = b - a
+        length2 = (d * d).sum(-1)
+        self.ax, self.ay = a[:, 0].contiguous(), a[:, 1].contiguous()
+        self.dx, self.dy = d[:, 0].contiguous(), d[:, 1].contiguous()
+        self.inv_length2 = torch.where(length2 > 0, 1 / length2, 0.0)
+
+    def __len__(self) -> int:
+        return len(self.ax)
+
+    def squared_distance(self, px: torch.Tensor, py: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Squared distance (m²) from points ``px, py`` (broadcastable to ``index``) to the segments ``index``."""
+        dx, dy = self.dx[index], self.dy[index]
+        apx, apy = px - self.ax[index], py - self.ay[index]
+        t = ((apx * dx + apy * dy) * self.inv_length2[index]).clamp_(0, 1)
+        ex, ey = apx - t * dx, apy - t * dy
+        return ex * ex + ey * ey
+
+    def crossings(self, p0: torch.Tensor, p1: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """How many of the segments ``index`` ``[N, K]`` the path ``p0 -> p1`` ``[N, 2]`` crosses. ``[N]``.
+
+        An endpoint exactly on a line counts on its non-positive side, so a path
+        through a shared vertex counts once, consistently.
+        """
+        wx, wy = (p1 - p0)[:, :1], (p1 - p0)[:, 1:]  # path, [N, 1]
+        dx, dy = self.dx[index], self.dy[index]
+        rax, ray = self.ax[index] - p0[:, :1], self.ay[index] - p0[:, 1:]  # segment start from p0
+        start_left = wx * ray - wy * rax > 0
+        end_left = wx * (ray + dy) - wy * (rax + dx) > 0
+        p0_left = dy * rax - dx * ray > 0
+        p1_left = dx * (wy - ray) - dy * (wx - rax) > 0
+        return ((start_left != end_left) & (p0_left != p1_left)).sum(-1)
 
 
 class _SegmentCells:
@@ -541,49 +660,46 @@ class _SegmentCells:
     the queries (a crop checked against the same bound), fine cells from their
     coarse cell's candidates. Candidates stay in segment order, padded with a
     far, degenerate sentinel segment; ``inside`` (optional) holds the even-odd
-    side of every fine-cell centre.
+    side of every fine-cell centre, from its coarse cell's centre (full
+    even-odd test) and the edges crossed in between.
 
-    Fields: ``a, b`` ``[M + 1, 2]`` segments (sentinel last); ``centre``
-    ``[C, 2]``; ``candidates`` ``[C, K]`` segment indices; ``cell_of_point``
-    ``[N]``; ``inside`` ``[C]`` bool or None.
+    Fields: ``segments`` (the kept segments, sentinel last); ``original``
+    ``[M' + 1]`` the caller's index of each; ``centre`` ``[C, 2]``;
+    ``candidates`` ``[C, K]`` and ``count`` ``[C]``; ``cell_of_point`` ``[N]``;
+    ``inside`` ``[C]`` bool or None.
     """
 
     def __init__(self, points: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, inside: bool):
         ratio = round(COARSE_CELL_M / FINE_CELL_M)
         grid_origin = points.amin(0) - GRID_PHASE_M
-        fine_ij = torch.floor((points - grid_origin) / FINE_CELL_M).long()  # [N, 2]
-        fine_cells, self.cell_of_point = torch.unique(_cell_key(fine_ij), return_inverse=True)
-        fine_ij = _cell_ij(fine_cells)
-        coarse_cells, coarse_of_fine = torch.unique(_cell_key(torch.div(fine_ij, ratio, rounding_mode="floor")),
-                                                    return_inverse=True)
-        coarse_centre = grid_origin + (_cell_ij(coarse_cells) + 0.5) * COARSE_CELL_M
+        fine_ij, self.cell_of_point = _number_cells(torch.floor((points - grid_origin) / FINE_CELL_M).long())
+        coarse_ij, coarse_of_fine = _number_cells(torch.div(fine_ij, ratio, rounding_mode="floor"))
+        coarse_centre = grid_origin + (coarse_ij + 0.5) * COARSE_CELL_M
         self.centre = grid_origin + (fine_ij + 0.5) * FINE_CELL_M
         coarse_half = COARSE_CELL_M / math.sqrt(2)
         fine_half = FINE_CELL_M / math.sqrt(2)
 
         kept = _crop(a, b, points, coarse_centre, coarse_half)
         sentinel = torch.full((1, 2), 1e9, dtype=FLOAT)
-        self.a, self.b = torch.cat([a[kept], sentinel]), torch.cat([b[kept], sentinel])
-        self.original = torch.cat([kept, torch.tensor([-1])])  # caller's index of each kept segment
-        everything = torch.arange(len(self.a) - 1).expand(len(coarse_centre), -1)
+        self.segments = _Segments(torch.cat([a[kept], sentinel]), torch.cat([b[kept], sentinel]))
+        self.original = torch.cat([kept, torch.tensor([-1])])
+        everything = torch.arange(len(kept)).expand(len(coarse_centre), -1)
         coarse = self._refine(coarse_centre, coarse_half, everything)  # [Cc, Kc]
         self.candidates = self._refine(self.centre, fine_half, coarse[coarse_of_fine])  # [C, K]
-        self.count = (self.candidates != len(self.a) - 1).sum(-1)  # [C] >= 1: the nearest segment
+        self.count = (self.candidates != len(kept)).sum(-1)  # >= 1: the nearest segment
         self.inside = None
         if inside:
             coarse_inside = _inside_chunked(coarse_centre, a, b)  # every segment: even-odd needs the whole ring
-            parent = coarse[coarse_of_fine]
-            crossed = _crossings(coarse_centre[coarse_of_fine], self.centre, self.a[parent], self.b[parent])
+            crossed = self.segments.crossings(coarse_centre[coarse_of_fine], self.centre, coarse[coarse_of_fine])
             self.inside = coarse_inside[coarse_of_fine] ^ (crossed % 2 == 1)
 
     def _refine(self, centre: torch.Tensor, half_diagonal: float, candidates: torch.Tensor) -> torch.Tensor:
         """Keep the candidates within ``min + 2 x half_diagonal`` of each cell centre, compacted. ``[C, K']``."""
-        d = point_segment_distance(centre, self.a[candidates], self.b[candidates])  # [C, K]
+        d = self.segments.squared_distance(centre[:, :1], centre[:, 1:], candidates).sqrt()  # [C, K]
         keep = d <= d.amin(-1, keepdim=True) + 2 * half_diagonal
         width = int(keep.sum(-1).max())
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :width]
-        sentinel = len(self.a) - 1
-        return torch.where(keep.gather(1, order), candidates.gather(1, order), sentinel)
+        return torch.where(keep.gather(1, order), candidates.gather(1, order), len(self.segments) - 1)
 
     def candidate_groups(self, rows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The query points ``rows`` grouped by candidate count, with their candidates ``[n, width]``.
@@ -596,16 +712,20 @@ class _SegmentCells:
         while rows.numel() and low < int(count.max()):
             group = ((count > low) & (count <= width)).nonzero()[:, 0]
             if group.numel():
-                yield rows[group], self.candidates[cell[group], :width]
+                yield rows[group], self.candidates[:, :width][cell[group]]
             low, width = width, 2 * width
 
     def nearest(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distance (m) to and index (into the caller's segments) of the nearest segment. ``[N]`` each."""
+        """Distance (m) to and index (into the caller's segments) of the nearest segment, lowest index on ties.
+
+        ``[N]`` each.
+        """
         distance = torch.empty(len(points), dtype=FLOAT)
         segment = torch.empty(len(points), dtype=torch.long)
         for rows, candidates in self.candidate_groups(torch.arange(len(points))):
-            d = point_segment_distance(points[rows], self.a[candidates], self.b[candidates])  # [n, width]
-            distance[rows], k = d.min(-1)
+            squared = self.segments.squared_distance(points[rows, :1], points[rows, 1:], candidates)  # [n, width]
+            best, k = squared.min(-1)
+            distance[rows] = best.sqrt()
             segment[rows] = candidates.gather(1, k[:, None])[:, 0]
         return distance, self.original[segment]
 
@@ -633,35 +753,25 @@ def _inside_chunked(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor, chun
     return torch.cat([inside_even_odd(points[k:k + chunk], a, b) for k in range(0, len(points), chunk)])
 
 
-def _crossings(p0: torch.Tensor, p1: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """How many segments ``a, b`` ``[N, K, 2]`` the segment ``p0 -> p1`` ``[N, 2]`` crosses. ``[N]`` int.
+def _number_cells(ij: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct cells of the points' cell indices ``ij`` ``[N, 2]`` (non-negative), in (i, j) order.
 
-    Endpoints exactly on a line count on its non-positive side, so a path
-    through a shared vertex counts once, consistently.
+    Returns the cells ``[C, 2]`` and each point's cell ``[N]``. A dense table
+    over the cells' bounding range numbers them when it is small; else a sort.
     """
-    d = (p1 - p0)[:, None]  # [N, 1, 2]
-    e = b - a  # [N, K, 2]
-    a_left = _cross(d, a - p0[:, None]) > 0
-    b_left = _cross(d, b - p0[:, None]) > 0
-    p0_left = _cross(e, p0[:, None] - a) > 0
-    p1_left = _cross(e, p1[:, None] - a) > 0
-    return ((a_left != b_left) & (p0_left != p1_left)).sum(-1)
+    rows = int(ij[:, 1].max()) + 1
+    key = ij[:, 0] * rows + ij[:, 1]
+    span = (int(ij[:, 0].max()) + 1) * rows
+    if span > DENSE_CELL_TABLE:
+        keys, cell_of_point = torch.unique(key, return_inverse=True)
+    else:
+        used = torch.zeros(span, dtype=torch.bool)
+        used[key] = True
+        cell_of_point = (used.cumsum(0) - 1)[key]
+        keys = used.nonzero()[:, 0]
+    return torch.stack([torch.div(keys, rows, rounding_mode="floor"), keys % rows], dim=-1), cell_of_point
 
 
-def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-
-
-def _cell_key(ij: torch.Tensor) -> torch.Tensor:
-    """Cell (i, j) ``[N, 2]`` (non-negative) -> one int64 key."""
-    return ij[:, 0] * _KEY_BASE + ij[:, 1]
-
-
-def _cell_ij(key: torch.Tensor) -> torch.Tensor:
-    return torch.stack([torch.div(key, _KEY_BASE, rounding_mode="floor"), key % _KEY_BASE], dim=-1)
-
-
-_KEY_BASE = 1 << 31
 
 
 # --- 7. traffic-light violations ------------------------------------------------
@@ -696,12 +806,14 @@ def light_violations(roadmap: RoadMap, x: torch.Tensor, y: torch.Tensor, moving:
     controlled[-1] = False
     on = controlled[lane]
     r, a, t, now, lane = r[on], a[on], t[on], now[on], lane[on]
-    before = torch.stack([x[r, a, t], y[r, a, t]], dim=-1)
     rl = r if stop.shape[0] == R else torch.zeros_like(r)
-    q, u = stop_xy[rl, :, t], _lane_end_direction(roadmap)[approach[rl, :, t]]  # [n, S, 2]
-    crossed = (((before[:, None] - q) * u).sum(-1) < 0) & (((now[:, None] - q) * u).sum(-1) > 0)  # [n, S]
-    on_slot = (approach[rl, :, t] == lane[:, None]) | (via[rl, :, t] == lane[:, None])
-    out[r, a, t] = (stop[rl, :, t] & on_slot & crossed).any(-1)
+    on_slot = stop[rl, :, t] & ((approach[rl, :, t] == lane[:, None]) | (via[rl, :, t] == lane[:, None]))  # [n, S]
+    k, g = on_slot.nonzero().unbind(-1)  # (vehicle-step, slot) pairs
+    r, a, t, rl, now = r[k], a[k], t[k], rl[k], now[k]
+    before = torch.stack([x[r, a, t], y[r, a, t]], dim=-1)
+    q, u = stop_xy[rl, g, t], _lane_end_direction(roadmap)[approach[rl, g, t]]  # [m, 2]
+    crossed = (((before - q) * u).sum(-1) < 0) & (((now - q) * u).sum(-1) > 0)
+    out[r[crossed], a[crossed], t[crossed]] = True
     return out
 
 
