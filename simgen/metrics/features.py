@@ -76,15 +76,28 @@ Features
 Speed
 -----
 
-Pairwise work is pruned exactly. A broad phase bounds every pair per block of
-B steps by the axis-aligned boxes of the agents' centres (and, for time to
-collision, of the ego's forward corridor ``5 s x speed`` long), keeping a pair
-only if it can be the nearest object (lower bound ``|c_i - c_j| - r_i - r_j``
-with ``r`` the half diagonal, against the best upper bound ``|c_i - c_j|``)
-or can be followed within 5 s. Point-to-segment queries (road edges, lanes)
-use a two-level cell list whose candidates provably contain the nearest
-segment; inside tests count ring crossings from the cell centre, whose side is
-known from a full even-odd test.
+Nothing is approximated: every pruning step below keeps whatever can change
+a result.
+
+1. Broad phase (``_broad_phase``, float32 bounds with 1 mm slack). Per block
+   of B steps, each agent's centres at valid steps have an axis-aligned box
+   (AABB). Partner j is kept for agent i if it can be i's nearest object
+   (AABB gap minus the half diagonals ``r_i + r_j`` at most the farthest
+   AABB distance to some partner valid all block long), or, for a vehicle i,
+   if j's centre AABB comes within ``sqrt(2) r_j`` of the AABB of i's forward
+   strip (front edge to ``5 s x speed`` ahead): only such j can be followed
+   closer than 5 s, and farther leaders give 5 s anyway. The pairs are then
+   expanded to the block's steps where both are valid.
+2. Nearest object (``_nearest_object_distance``): per step, a pair survives
+   if ``|c_i - c_j| - r_i - r_j`` reaches the agent-step's smallest
+   ``|c_i - c_j| - s_i - s_j`` (an upper bound); survivors get their
+   separating-axis bound in float32; the exact float64 distance is computed
+   for the pair with the smallest bound and for any pair whose bound is
+   below that distance.
+3. Point-to-segment queries (road edges, lanes) use a two-level cell list
+   (``_SegmentCells``) whose candidates provably contain each point's
+   nearest segment; inside tests count the ring edges crossed from the cell
+   centre, whose side is known from a full even-odd test.
 
 Deliberate differences from the official code
 ---------------------------------------------
@@ -119,7 +132,7 @@ from simgen.types import (
 )
 from simgen.types.geometry import inside_even_odd, point_segment_distance, polyline_segments
 
-FLOAT = torch.float64
+FLOAT = torch.float64  # features are computed and returned in float64
 
 # Official constants (interaction_features.py).
 CORNER_ROUNDING_FACTOR = 0.7
@@ -128,25 +141,26 @@ MAX_HEADING_DIFF_RAD = math.radians(75.0)
 MAX_HEADING_DIFF_SMALL_OVERLAP_RAD = math.radians(10.0)
 SMALL_OVERLAP_THRESHOLD_M = 0.5
 
-BLOCK_STEPS = 10  # broad-phase block length, steps
-BOUND_SLACK_M = 1e-3  # slack on the float32 broad-phase bounds, m (far above their rounding error)
-_ROLLOUT_CHUNK = 4  # rollouts per broad-phase chunk (bounds [chunk, A, A, blocks, 2] temporaries)
-COARSE_CELL_M = 16.0  # cell lists: coarse and fine cell sizes (coarse is a multiple of fine)
-FINE_CELL_M = 1.0
-GRID_PHASE_M = 0.318309886  # odd offset of the cell grid, so cell centres rarely sit on map vertices
-DENSE_CELL_TABLE = 1 << 24  # number cells with a dense table up to this many cells in their bounding range
-CROP_MARGIN_M = 50.0  # first guess of how far beyond the queries segments can matter (checked, grown if short)
-
 FEATURE_NAMES = (
     "linear_speed", "linear_acceleration", "angular_speed", "angular_acceleration",
     "distance_to_nearest_object", "collision_indication", "time_to_collision",
     "distance_to_road_edge", "offroad_indication", "traffic_light_violation",
 )
 
+# Speed (module docstring): broad phase, nearest-object search, cell lists.
+BLOCK_STEPS = 10  # broad-phase block length, steps
+BOUND_SLACK_M = 1e-3  # slack on the float32 broad-phase bounds, m (far above their rounding error)
+ROLLOUT_CHUNK = 4  # rollouts per broad-phase chunk (bounds its [chunk, A, A, blocks] temporaries)
+SEARCH_FLOAT = torch.float32  # the nearest-object search runs in float32, its winners in FLOAT
+SEARCH_TOLERANCE_M = 1e-3  # pairs within this of the float32 minimum are recomputed (float32 error << this)
+COARSE_CELL_M = 16.0  # cell lists: coarse and fine cell sizes (coarse is a multiple of fine)
+FINE_CELL_M = 1.0
+GRID_PHASE_M = 0.318309886  # odd offset of the cell grid, so cell centres rarely sit on map vertices
+DENSE_CELL_TABLE = 1 << 24  # number cells with a dense table up to this many cells in their bounding range
+CROP_MARGIN_M = 50.0  # first guess of how far beyond the queries segments can matter (checked, grown if short)
+
 # Corner sign patterns (along the box's x axis, along its y axis) in counter-clockwise order.
 _CORNER_SIGNS = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], dtype=FLOAT)
-SEARCH_FLOAT = torch.float32  # the nearest-object search runs in float32; the winners are recomputed in FLOAT
-SEARCH_TOLERANCE_M = 1e-3  # pairs within this of the float32 minimum are recomputed (float32 error << this)
 
 
 def scene_features(roadmap: RoadMap, traj: AgentTrajectory, meta: AgentMeta, lights: TrafficLights, *,
@@ -219,7 +233,7 @@ def _both_neighbours(valid: torch.Tensor) -> torch.Tensor:
     return torch.cat([false, valid[..., 2:] & valid[..., :-2], false], dim=-1)
 
 
-def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
+def _wrap(angle: torch.Tensor) -> torch.Tensor:
     """Wrap to [-π, π) (the official convention)."""
     return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
 
@@ -235,9 +249,9 @@ def kinematic_features(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, headin
     step = torch.stack([_central_diff(x), _central_diff(y), _central_diff(z)], dim=-1)  # [..., T, 3] m per step
     speed = torch.where(both, torch.linalg.vector_norm(step, dim=-1), nan) / DT_S
     accel = _central_diff(speed) / DT_S
-    dh_step = torch.where(both, wrap_angle(2 * _central_diff(heading)) / 2, nan)  # rad per step
+    dh_step = torch.where(both, _wrap(2 * _central_diff(heading)) / 2, nan)  # rad per step
     ang_speed = dh_step / DT_S
-    ang_accel = wrap_angle(2 * _central_diff(dh_step)) / 2 / DT_S ** 2
+    ang_accel = _wrap(2 * _central_diff(dh_step)) / 2 / DT_S ** 2
     return speed, accel, ang_speed, ang_accel
 
 
@@ -505,8 +519,8 @@ def _broad_phase(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor,
     others = ~torch.eye(A, dtype=torch.bool)[None, :, :, None]  # [1, A, A, 1]
 
     near, follow = [], []
-    for r0 in range(0, R, _ROLLOUT_CHUNK):
-        rs = slice(r0, r0 + _ROLLOUT_CHUNK)
+    for r0 in range(0, R, ROLLOUT_CHUNK):
+        rs = slice(r0, r0 + ROLLOUT_CHUNK)
         ego = [v[rs, :, None] for v in box]  # agents i on axis 1, partners j on axis 2: [r, A, A, nb]
         partner = [v[rs, None] for v in box]
         pair = others & valid_any[rs, :, None] & valid_any[rs, None]
@@ -586,6 +600,8 @@ def road_edge_distance(roadmap: RoadMap, boxes: _Boxes, valid: torch.Tensor, ori
     """Largest signed distance (m) of the box corners to the road edge, NaN at invalid steps. ``[R, A, F]``."""
     corners = boxes.corners()[valid]  # [N, 4, 2] local frame
     a, b = (s.to(FLOAT) - origin for s in roadmap.road_edge_segments)  # [M, 2]
+    if len(a) == 0:
+        raise ValueError(f"RoadMap {roadmap.name!r}: no road-edge segments, so no distance to the road edge")
     signed = signed_distance_to_rings(corners.reshape(-1, 2), a, b).reshape(-1, 4).amax(-1)
     out = torch.full(valid.shape, math.nan, dtype=FLOAT)
     out[valid] = signed
@@ -823,8 +839,8 @@ def nearest_vehicle_lane(roadmap: RoadMap, points: torch.Tensor, origin: torch.T
     xy, point_valid = roadmap.lane_xy[lanes].to(FLOAT) - origin, roadmap.lane_point_valid[lanes]
     a, b = polyline_segments(xy, point_valid)  # [M, 2], lane by lane
     lane_of_segment = lanes[:, None].expand_as(point_valid)[:, :-1][point_valid[:, :-1] & point_valid[:, 1:]]
-    if points.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long)
+    if points.shape[0] == 0 or len(a) == 0:
+        return torch.full((points.shape[0],), -1, dtype=torch.long)
     cells = _SegmentCells(points, a, b, inside=False)
     _, segment = cells.nearest(points)
     return lane_of_segment[segment]

@@ -205,6 +205,22 @@ def rollouts(scene: SceneState, count: int, seed: int, sigma_m: float = 0.5, hea
                         heading=torch.where(valid, heading, 0.0))
 
 
+def constant_velocity(scene: SceneState, count: int, seed: int) -> AgentTrajectory:
+    """``count`` rollouts that keep every agent's last logged velocity, scaled by a random factor (sd 0.3),
+    and its box; they collide, leave the road and run red lights."""
+    g = torch.Generator().manual_seed(seed)
+    log, t0 = scene.traj, scene.step
+    future = torch.arange(T) > t0
+    elapsed = (torch.arange(T) - t0).clamp_min(0) * 0.1  # s
+    factor = 1 + 0.3 * torch.randn(count, scene.num_agents, 1, generator=g)
+    valid = torch.where(future, log.valid[:, t0, None], log.valid).expand(count, -1, -1)
+    fields = {f: torch.where(future, getattr(log, f)[:, t0, None], getattr(log, f)).expand(count, -1, -1)
+              for f in AgentTrajectory.tensor_fields() if f != "valid"}
+    fields["x"] = fields["x"] + torch.where(future, log.vel_x[:, t0, None] * elapsed * factor, 0.0)
+    fields["y"] = fields["y"] + torch.where(future, log.vel_y[:, t0, None] * elapsed * factor, 0.0)
+    return AgentTrajectory(**{f: torch.where(valid, v, 0.0) for f, v in fields.items()}, valid=valid)
+
+
 def test_score_counts_offroad_and_violations(road):
     scene = small_scene(LightState.STOP)  # agent 0 runs the red light at step 81, the pedestrian walks offroad
     sim = rollouts(scene, 4, seed=0, sigma_m=0.0)
@@ -249,16 +265,18 @@ def sumo_logs(tmp_path_factory):
 
 def test_fast_path_matches_the_slow_twin(sumo_logs):
     roadmap, scenes = sumo_logs
-    assert any((scene.lights.state == LightState.STOP).any() for scene in scenes)
+    events = {name: 0.0 for name in ("collision", "offroad", "traffic_light_violation")}
     for k, scene in enumerate(scenes):
-        sim = rollouts(scene, 8, seed=k, sigma_m=2.0, heading_sigma=0.05)
-        fast, slow = score_scene(roadmap, scene, sim), score_scene_reference(roadmap, scene, sim)
-        assert fast.meta_metric == pytest.approx(slow.meta_metric, abs=1e-5)
-        for name in fast.likelihoods:
-            assert fast.likelihoods[name] == pytest.approx(slow.likelihoods[name], abs=1e-5), (k, name)
-        assert fast.min_ade == pytest.approx(slow.min_ade, abs=1e-9)
-        assert fast.rates == pytest.approx(slow.rates, abs=1e-12)
-        assert (fast.num_agents, fast.num_rollouts) == (slow.num_agents, slow.num_rollouts)
+        for sim in (rollouts(scene, 8, seed=k, sigma_m=2.0, heading_sigma=0.05), constant_velocity(scene, 4, k)):
+            fast, slow = score_scene(roadmap, scene, sim), score_scene_reference(roadmap, scene, sim)
+            assert fast.meta_metric == pytest.approx(slow.meta_metric, abs=1e-5)
+            for name in fast.likelihoods:
+                assert fast.likelihoods[name] == pytest.approx(slow.likelihoods[name], abs=1e-5), (k, name)
+            assert fast.min_ade == pytest.approx(slow.min_ade, abs=1e-9)
+            assert fast.rates == pytest.approx(slow.rates, abs=1e-12)
+            assert (fast.num_agents, fast.num_rollouts) == (slow.num_agents, slow.num_rollouts)
+            events = {name: events[name] + fast.rates[name] for name in events}
+    assert all(rate > 0 for rate in events.values()), events  # every event type was compared
 
 
 def test_log_copies_score_the_maximum(sumo_logs):
