@@ -284,9 +284,8 @@ class _Boxes:
 
 @dataclass(frozen=True)
 class BoxShape:
-    """Orientation (rad) and size (m) of boxes as flat rows ``[N]``: what pair geometry needs."""
+    """Orientation and size (m) of boxes as flat rows ``[N]``: what pair geometry needs."""
 
-    heading: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
     half_length: torch.Tensor
@@ -306,21 +305,21 @@ class BoxRows:
 
     x: torch.Tensor
     y: torch.Tensor
+    heading: torch.Tensor
     half_diagonal: torch.Tensor
     shape: BoxShape
 
     @classmethod
     def of(cls, boxes: _Boxes) -> BoxRows:
         half_length, half_width = boxes.half_length.reshape(-1), boxes.half_width.reshape(-1)
-        shape = BoxShape(heading=boxes.heading.reshape(-1), cos=boxes.cos.reshape(-1), sin=boxes.sin.reshape(-1),
-                         half_length=half_length, half_width=half_width,
-                         shrink=CORNER_ROUNDING_FACTOR * torch.minimum(half_length, half_width))
-        return cls(x=boxes.x.reshape(-1), y=boxes.y.reshape(-1), half_diagonal=boxes.half_diagonal.reshape(-1),
-                   shape=shape)
+        shape = BoxShape(cos=boxes.cos.reshape(-1), sin=boxes.sin.reshape(-1), half_length=half_length,
+                         half_width=half_width, shrink=CORNER_ROUNDING_FACTOR * torch.minimum(half_length, half_width))
+        return cls(x=boxes.x.reshape(-1), y=boxes.y.reshape(-1), heading=boxes.heading.reshape(-1),
+                   half_diagonal=boxes.half_diagonal.reshape(-1), shape=shape)
 
     def to(self, dtype: torch.dtype) -> BoxRows:
-        return BoxRows(x=self.x.to(dtype), y=self.y.to(dtype), half_diagonal=self.half_diagonal.to(dtype),
-                       shape=self.shape.to(dtype))
+        return BoxRows(x=self.x.to(dtype), y=self.y.to(dtype), heading=self.heading.to(dtype),
+                       half_diagonal=self.half_diagonal.to(dtype), shape=self.shape.to(dtype))
 
 
 def rounded_box_signed_distance(dx: torch.Tensor, dy: torch.Tensor, box_i: BoxShape,
@@ -388,13 +387,13 @@ def _corner_gap(cx: torch.Tensor, cy: torch.Tensor, cos: torch.Tensor, sin: torc
     return nearest.sqrt()
 
 
-def time_to_collision_terms(dx: torch.Tensor, dy: torch.Tensor, box_i: BoxShape,
+def time_to_collision_terms(dx: torch.Tensor, dy: torch.Tensor, yaw_diff: torch.Tensor, box_i: BoxShape,
                             box_j: BoxShape) -> tuple[torch.Tensor, torch.Tensor]:
     """Is j followed by i, and the gap (m) from i's front to j's rearmost corner (feature 4). ``[N]`` each.
 
-    Arguments as in ``rounded_box_signed_distance``; boxes are sharp.
+    Arguments as in ``rounded_box_signed_distance``, plus ``yaw_diff``
+    ``|θ_j - θ_i|`` (rad, unwrapped as in the official code); boxes are sharp.
     """
-    yaw_diff = (box_j.heading - box_i.heading).abs()  # unwrapped, as in the official code
     abs_cos = (box_i.cos * box_j.cos + box_i.sin * box_j.sin).abs()  # |cos(yaw_diff)|
     abs_sin = (box_i.cos * box_j.sin - box_i.sin * box_j.cos).abs()
     long_offset = box_j.half_length * abs_cos + box_j.half_width * abs_sin  # j's centre to its nearest corner
@@ -435,7 +434,8 @@ def interaction_features(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor
     keep = ((rel_x > shape.half_length[fi]) & (rel_x < reach)
             & (rel_y.abs() < shape.half_width[fi] + flat.half_diagonal[fj]))
     fi, fj = fi[keep], fj[keep]
-    followed, gap = time_to_collision_terms(dx[keep], dy[keep], shape.take(fi), shape.take(fj))
+    yaw_diff = (flat.heading[fj] - flat.heading[fi]).abs()
+    followed, gap = time_to_collision_terms(dx[keep], dy[keep], yaw_diff, shape.take(fi), shape.take(fj))
     fi, fj, gap = fi[followed], fj[followed], gap[followed]
     best_gap = _scatter_min(gap, fi, size)
     closest = gap == best_gap[fi]
