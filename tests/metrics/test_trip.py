@@ -344,7 +344,8 @@ def test_a_long_busy_trip_scores_fast(roadmap):
     score = trip_jsd(roadmap, [trip], [trip])
     elapsed = time.perf_counter() - tic
     assert score.num_windows_log == score.num_windows_sim == 53 and score.composite == 0.0
-    assert elapsed < 1.0, f"{elapsed:.2f} s for a 600-step, 60-row trip against itself (two passes)"
+    # about 0.1 s on an idle 2-core machine; the bound only catches a blow-up, not load from other processes
+    assert elapsed < 5.0, f"{elapsed:.2f} s for a 600-step, 60-row trip against itself (two passes)"
 
 
 # --- bad input -------------------------------------------------------------------------
