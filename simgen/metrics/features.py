@@ -293,7 +293,7 @@ class BoxShape:
     shrink: torch.Tensor  # official corner rounding: CORNER_ROUNDING_FACTOR x min(L, W) / 2
 
     def take(self, index: torch.Tensor) -> BoxShape:
-        return BoxShape(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return BoxShape(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
 
     def to(self, dtype: torch.dtype) -> BoxShape:
         return BoxShape(**{f.name: getattr(self, f.name).to(dtype) for f in fields(self)})
@@ -426,22 +426,23 @@ def interaction_features(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor
     # Time to collision: pairs inside the ego's forward strip that 5 s at its speed can close.
     fi, fj = follow
     speed = speed.reshape(-1)
-    dx, dy = flat.x[fj] - flat.x[fi], flat.y[fj] - flat.y[fi]
-    shape = flat.shape
-    rel_x = dx * shape.cos[fi] + dy * shape.sin[fi]
-    rel_y = -dx * shape.sin[fi] + dy * shape.cos[fi]
-    reach = shape.half_length[fi] + flat.half_diagonal[fj] + MAX_TIME_TO_COLLISION_S * speed[fi]
-    keep = ((rel_x > shape.half_length[fi]) & (rel_x < reach)
-            & (rel_y.abs() < shape.half_width[fi] + flat.half_diagonal[fj]))
-    fi, fj = fi[keep], fj[keep]
-    yaw_diff = (flat.heading[fj] - flat.heading[fi]).abs()
-    followed, gap = time_to_collision_terms(dx[keep], dy[keep], yaw_diff, shape.take(fi), shape.take(fj))
-    fi, fj, gap = fi[followed], fj[followed], gap[followed]
+    shape_i = flat.shape.take(fi)
+    dx, dy = _take(flat.x, fj) - _take(flat.x, fi), _take(flat.y, fj) - _take(flat.y, fi)
+    rel_x = dx * shape_i.cos + dy * shape_i.sin
+    rel_y = -dx * shape_i.sin + dy * shape_i.cos
+    reach_j = _take(flat.half_diagonal, fj)
+    keep = ((rel_x > shape_i.half_length) & (rel_x < shape_i.half_length + reach_j + MAX_TIME_TO_COLLISION_S
+                                                       * _take(speed, fi))
+            & (rel_y.abs() < shape_i.half_width + reach_j))
+    fi, fj, dx, dy = _where(keep, fi, fj, dx, dy)
+    yaw_diff = (_take(flat.heading, fj) - _take(flat.heading, fi)).abs()
+    followed, gap = time_to_collision_terms(dx, dy, yaw_diff, flat.shape.take(fi), flat.shape.take(fj))
+    fi, fj, gap = _where(followed, fi, fj, gap)
     best_gap = _scatter_min(gap, fi, size)
-    closest = gap == best_gap[fi]
-    leader = _scatter_min(fj[closest].to(FLOAT), fi[closest], size)  # agent-step of the leader, lowest on ties
+    fi, fj = _where(gap == _take(best_gap, fi), fi, fj)
+    leader = _scatter_min(fj.to(FLOAT), fi, size)  # agent-step of the leader, lowest on ties
     has_leader = leader.isfinite()
-    closing = speed - speed[torch.where(has_leader, leader, 0).long()]  # m/s, NaN if a speed is undefined
+    closing = speed - _take(speed, torch.where(has_leader, leader, 0).long())  # m/s, NaN if a speed is undefined
     ttc = torch.where(has_leader & (closing > 0), (best_gap / closing).clamp(max=MAX_TIME_TO_COLLISION_S),
                       MAX_TIME_TO_COLLISION_S)
 
@@ -462,28 +463,40 @@ def _nearest_object_distance(flat: BoxRows, fi: torch.Tensor, fj: torch.Tensor, 
        search's rounding); the minimum of these.
     """
     low = flat.to(SEARCH_FLOAT)
-    dx, dy = low.x[fj] - low.x[fi], low.y[fj] - low.y[fi]
+    dx, dy = _take(low.x, fj) - _take(low.x, fi), _take(low.y, fj) - _take(low.y, fi)
     centre_distance = torch.hypot(dx, dy)
-    upper = centre_distance - low.shape.shrink[fi] - low.shape.shrink[fj]
-    lower = centre_distance - low.half_diagonal[fi] - low.half_diagonal[fj]
-    keep = lower <= _scatter_min(upper, fi, size)[fi] + SEARCH_TOLERANCE_M
-    fi, fj = fi[keep], fj[keep]
-    bound = rounded_box_distance_bound(dx[keep], dy[keep], low.shape.take(fi), low.shape.take(fj)).to(FLOAT)
-    first = bound == _scatter_min(bound, fi, size)[fi]
-    distance = _scatter_min(_exact_distance(flat, fi[first], fj[first]), fi[first], size)
-    rest = ~first & (bound < distance[fi] + SEARCH_TOLERANCE_M)
-    return distance.scatter_reduce(0, fi[rest], _exact_distance(flat, fi[rest], fj[rest]), reduce="amin")
+    upper = centre_distance - _take(low.shape.shrink, fi) - _take(low.shape.shrink, fj)
+    lower = centre_distance - _take(low.half_diagonal, fi) - _take(low.half_diagonal, fj)
+    fi, fj, dx, dy = _where(lower <= _take(_scatter_min(upper, fi, size), fi) + SEARCH_TOLERANCE_M, fi, fj, dx, dy)
+    bound = rounded_box_distance_bound(dx, dy, low.shape.take(fi), low.shape.take(fj)).to(FLOAT)
+    smallest = _take(_scatter_min(bound, fi, size), fi)
+    first_i, first_j = _where(bound == smallest, fi, fj)
+    distance = _scatter_min(_exact_distance(flat, first_i, first_j), first_i, size)
+    rest_i, rest_j = _where((bound > smallest) & (bound < _take(distance, fi) + SEARCH_TOLERANCE_M), fi, fj)
+    return distance.scatter_reduce(0, rest_i, _exact_distance(flat, rest_i, rest_j), reduce="amin")
 
 
 def _exact_distance(flat: BoxRows, fi: torch.Tensor, fj: torch.Tensor) -> torch.Tensor:
-    return rounded_box_signed_distance(flat.x[fj] - flat.x[fi], flat.y[fj] - flat.y[fi], flat.shape.take(fi),
-                                       flat.shape.take(fj))
+    return rounded_box_signed_distance(_take(flat.x, fj) - _take(flat.x, fi), _take(flat.y, fj) - _take(flat.y, fi),
+                                       flat.shape.take(fi), flat.shape.take(fj))
 
 
 def _scatter_min(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """``out[k] = min(values[index == k])``, +inf where no value lands. ``[size]``, the dtype of ``values``."""
     out = torch.full((size,), math.inf, dtype=values.dtype)
     return out.scatter_reduce(0, index, values, reduce="amin")
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` for a 1-D ``values`` and any-shaped ``index`` (``index_select``: about 3x faster than
+    advanced indexing on CPU)."""
+    return values.index_select(0, index.reshape(-1)).reshape(index.shape)
+
+
+def _where(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``t[mask]`` for each 1-D tensor, with one ``nonzero``."""
+    rows = mask.nonzero()[:, 0]
+    return tuple(t.index_select(0, rows) for t in tensors)
 
 
 def _broad_phase(boxes: _Boxes, speed: torch.Tensor, valid: torch.Tensor,
@@ -562,8 +575,7 @@ def _pair_steps(index: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor,
     fj = (((r * A + j) * F + first)[:, None] + step).reshape(-1)
     inside = ((first[:, None] + step) < F).reshape(-1)  # the last block may be short
     flat_valid = torch.cat([valid.reshape(-1), torch.zeros(BLOCK_STEPS, dtype=torch.bool)])  # room past the end
-    both = inside & flat_valid[fi] & flat_valid[fj]
-    return fi[both], fj[both]
+    return _where(inside & _take(flat_valid, fi) & _take(flat_valid, fj), fi, fj)
 
 
 def _pad_blocks(v: torch.Tensor, nb: int, fill) -> torch.Tensor:
@@ -623,7 +635,8 @@ def signed_distance_to_rings(points: torch.Tensor, a: torch.Tensor, b: torch.Ten
     # the same side. Otherwise count the edges crossed on the way from the centre.
     far = (torch.linalg.vector_norm(points - centre, dim=-1) >= distance).nonzero()[:, 0]
     for rows, candidates in cells.candidate_groups(far):
-        inside[rows] ^= cells.segments.crossings(centre[rows], points[rows], candidates) % 2 == 1
+        crossed = cells.segments.crossings(centre.index_select(0, rows), points.index_select(0, rows), candidates)
+        inside.index_copy_(0, rows, inside.index_select(0, rows) ^ (crossed % 2 == 1))
     return torch.where(inside, -distance, distance)
 
 
@@ -643,9 +656,9 @@ class _Segments:
 
     def squared_distance(self, px: torch.Tensor, py: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Squared distance (m²) from points ``px, py`` (broadcastable to ``index``) to the segments ``index``."""
-        dx, dy = self.dx[index], self.dy[index]
-        apx, apy = px - self.ax[index], py - self.ay[index]
-        t = ((apx * dx + apy * dy) * self.inv_length2[index]).clamp_(0, 1)
+        dx, dy = _take(self.dx, index), _take(self.dy, index)
+        apx, apy = px - _take(self.ax, index), py - _take(self.ay, index)
+        t = ((apx * dx + apy * dy) * _take(self.inv_length2, index)).clamp_(0, 1)
         ex, ey = apx - t * dx, apy - t * dy
         return ex * ex + ey * ey
 
@@ -656,8 +669,8 @@ class _Segments:
         through a shared vertex counts once, consistently.
         """
         wx, wy = (p1 - p0)[:, :1], (p1 - p0)[:, 1:]  # path, [N, 1]
-        dx, dy = self.dx[index], self.dy[index]
-        rax, ray = self.ax[index] - p0[:, :1], self.ay[index] - p0[:, 1:]  # segment start from p0
+        dx, dy = _take(self.dx, index), _take(self.dy, index)
+        rax, ray = _take(self.ax, index) - p0[:, :1], _take(self.ay, index) - p0[:, 1:]  # segment start from p0
         start_left = wx * ray - wy * rax > 0
         end_left = wx * (ray + dy) - wy * (rax + dx) > 0
         p0_left = dy * rax - dx * ray > 0
@@ -722,13 +735,13 @@ class _SegmentCells:
 
         Widths are powers of two, so padding costs at most twice the real work.
         """
-        cell = self.cell_of_point[rows]
-        count = self.count[cell]
+        cell = _take(self.cell_of_point, rows)
+        count = _take(self.count, cell)
         low, width = 0, 1
         while rows.numel() and low < int(count.max()):
-            group = ((count > low) & (count <= width)).nonzero()[:, 0]
-            if group.numel():
-                yield rows[group], self.candidates[:, :width][cell[group]]
+            group_rows, group_cells = _where((count > low) & (count <= width), rows, cell)
+            if group_rows.numel():
+                yield group_rows, self.candidates[:, :width].index_select(0, group_cells)
             low, width = width, 2 * width
 
     def nearest(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -739,10 +752,11 @@ class _SegmentCells:
         distance = torch.empty(len(points), dtype=FLOAT)
         segment = torch.empty(len(points), dtype=torch.long)
         for rows, candidates in self.candidate_groups(torch.arange(len(points))):
-            squared = self.segments.squared_distance(points[rows, :1], points[rows, 1:], candidates)  # [n, width]
+            xy = points.index_select(0, rows)
+            squared = self.segments.squared_distance(xy[:, :1], xy[:, 1:], candidates)  # [n, width]
             best, k = squared.min(-1)
-            distance[rows] = best.sqrt()
-            segment[rows] = candidates.gather(1, k[:, None])[:, 0]
+            distance.index_copy_(0, rows, best.sqrt())
+            segment.index_copy_(0, rows, candidates.gather(1, k[:, None])[:, 0])
         return distance, self.original[segment]
 
 
