@@ -72,7 +72,8 @@ key                value
 ``rates``          mean over scenes of the simulated collision / offroad /
                    violation rates
 ``per_scene``      list of ``{scene, meta_metric, likelihoods, min_ade, rates,
-                   num_agents, seconds}`` (``seconds``: rollouts and scoring)
+                   num_agents, seconds}`` (``seconds``: ``rollouts``, ``score``
+                   (with the histograms), ``total``)
 ``histograms``     per feature: ``estimator``, bin ``edges`` (histogram features) and
                    counts of ``log`` and ``sim`` values pooled over the evaluated
                    agents and steps of all scenes (the entries the score uses;
@@ -247,11 +248,12 @@ def _score_scene(job: _Job) -> dict[str, Any]:
     sim_traj = _stack([r.traj for r in rollouts])  # [R, A, T]
     sim_lights = _stack([r.lights for r in rollouts])  # [R, S, T]
     score = score_scene(roadmap, log, sim_traj, sim_lights=sim_lights)
+    histograms = _feature_histograms(roadmap, log, sim_traj, sim_lights)
     done = time.perf_counter()
     return {"scene": job.item, "meta_metric": score.meta_metric, "likelihoods": dict(score.likelihoods),
             "min_ade": score.min_ade, "rates": dict(score.rates), "num_agents": score.num_agents,
             "seconds": {"rollouts": rolled - tic, "score": done - rolled, "total": done - tic},
-            "histograms": _feature_histograms(roadmap, log, sim_traj, sim_lights)}
+            "histograms": histograms}
 
 
 def _feature_histograms(roadmap: RoadMap, log: SceneState, sim_traj, sim_lights) -> dict[str, dict[str, list]]:
@@ -311,20 +313,25 @@ def _used_rows(state: SceneState) -> SceneState:
 # --- running jobs -------------------------------------------------------------
 
 def _init_pool_worker() -> None:
-    torch.set_num_threads(1)  # one process per core; intra-op threads would only compete
+    torch.set_num_threads(1)  # one process per core (see _run_jobs)
 
 
 def _run_jobs(fn: Callable[[_Job], Any], jobs: Sequence[_Job], workers: int, description: str,
               progress: bool) -> list[Any]:
-    """``[fn(job) for job in jobs]``, in a spawn process pool when ``workers > 1``, with a progress bar."""
+    """``[fn(job) for job in jobs]``, in a spawn process pool when ``workers > 1``, with a progress bar.
+
+    Every job runs with one torch thread: scoring a scene was 6-13x slower with two on a busy 2-core machine
+    (as the rule-based actors were, ``simgen.sim.rollout.torch_threads``)."""
     from simgen.progress import progress_bar
+    from simgen.sim.rollout import torch_threads
 
     results: list[Any] = [None] * len(jobs)
     with progress_bar(description, total=len(jobs), enabled=progress) as advance:
         if workers == 1:
-            for k, job in enumerate(jobs):
-                results[k] = fn(job)
-                advance()
+            with torch_threads(1):
+                for k, job in enumerate(jobs):
+                    results[k] = fn(job)
+                    advance()
             return results
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
