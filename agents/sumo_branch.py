@@ -69,7 +69,7 @@ class BranchPoint:
     speed_factor_dev: float = 0.1  # std of SUMO's speed-factor draw (logs.json demand.speed_factor_dev)
 
 
-def redraw_speed_factors(rng: np.random.Generator, dev: float) -> None:
+def draw_speed_factors(rng: np.random.Generator, dev: float) -> None:
     """Give every vehicle in the open SUMO run a new speed factor ~ ``normc(1, dev, 0.2, 2)``."""
     import libsumo
 
@@ -95,6 +95,9 @@ class _Branch:
 
 @WORLDS.register("sumo_branch")
 class SumoBranch:
+    """SUMO continuing the scene from its saved state (module docstring); ``redraw_speed_factors=False``
+    changes only the seed."""
+
     def __init__(self, ctx: PolicyContext, redraw_speed_factors: bool = True):
         if ctx.role == "av":
             raise ValueError("sumo_branch can only drive the world (role 'world' or 'all'), not the AV")
@@ -115,7 +118,7 @@ class SumoBranch:
                              f"is {begin}")
         self._check_restored(scene)
         if self.redraw:
-            redraw_speed_factors(np.random.default_rng(self.ctx.seed), point.speed_factor_dev)
+            draw_speed_factors(np.random.default_rng(self.ctx.seed), point.speed_factor_dev)
         rows = controlled_rows(scene, self.ctx.role).tolist()
         row_of = {sumo_id: row for row, sumo_id in enumerate(point.sumo_ids) if sumo_id and rows[row]}
         return _Branch(SumoRecorder(self.ctx.roadmap), row_of, scene.lights.signal_id[:, scene.step].numpy())
