@@ -609,14 +609,28 @@ def _strip_corners(boxes: _Boxes, rows: torch.Tensor, forward: torch.Tensor) -> 
 # --- 5-6. road edge ------------------------------------------------------------
 
 def road_edge_distance(roadmap: RoadMap, boxes: _Boxes, valid: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """Largest signed distance (m) of the box corners to the road edge, NaN at invalid steps. ``[R, A, F]``."""
-    corners = boxes.corners()[valid]  # [N, 4, 2] local frame
+    """Largest signed distance (m) of the box corners to the road edge, NaN at invalid steps. ``[R, A, F]``.
+
+    Signed distance is 1-Lipschitz, so a corner p in a cell with centre c lies
+    within ``|p - c|`` of the centre's value; corners whose upper bound is below
+    another corner's lower bound cannot be the largest and are not computed.
+    """
     a, b = (s.to(FLOAT) - origin for s in roadmap.road_edge_segments)  # [M, 2]
     if len(a) == 0:
         raise ValueError(f"RoadMap {roadmap.name!r}: no road-edge segments, so no distance to the road edge")
-    signed = signed_distance_to_rings(corners.reshape(-1, 2), a, b).reshape(-1, 4).amax(-1)
     out = torch.full(valid.shape, math.nan, dtype=FLOAT)
-    out[valid] = signed
+    if not valid.any():
+        return out
+    corners = boxes.corners()[valid].reshape(-1, 2)  # [4N, 2] local frame
+    cells = _SegmentCells(corners, a, b, inside=True)
+    centre = cells.centre.index_select(0, cells.cell_of_point)
+    slack = torch.linalg.vector_norm(corners - centre, dim=-1) + SEARCH_TOLERANCE_M
+    estimate = cells.centre_signed.index_select(0, cells.cell_of_point)  # [4N]
+    highest = (estimate - slack).reshape(-1, 4).amax(-1, keepdim=True)  # [N, 1] a sure lower bound of the max
+    rows = ((estimate + slack).reshape(-1, 4) >= highest).reshape(-1).nonzero()[:, 0]
+    signed = torch.full((len(corners),), -math.inf, dtype=FLOAT)
+    signed.index_copy_(0, rows, cells.signed_distance(corners, rows))
+    out[valid] = signed.reshape(-1, 4).amax(-1)
     return out
 
 
@@ -627,17 +641,7 @@ def signed_distance_to_rings(points: torch.Tensor, a: torch.Tensor, b: torch.Ten
     """
     if points.shape[0] == 0:
         return torch.zeros(0, dtype=FLOAT)
-    cells = _SegmentCells(points, a, b, inside=True)
-    distance, _ = cells.nearest(points)
-    centre = cells.centre[cells.cell_of_point]  # [N, 2]
-    inside = cells.inside[cells.cell_of_point]
-    # The disc of radius `distance` around a point holds no edge: if it reaches the cell centre, both are on
-    # the same side. Otherwise count the edges crossed on the way from the centre.
-    far = (torch.linalg.vector_norm(points - centre, dim=-1) >= distance).nonzero()[:, 0]
-    for rows, candidates in cells.candidate_groups(far):
-        crossed = cells.segments.crossings(centre.index_select(0, rows), points.index_select(0, rows), candidates)
-        inside.index_copy_(0, rows, inside.index_select(0, rows) ^ (crossed % 2 == 1))
-    return torch.where(inside, -distance, distance)
+    return _SegmentCells(points, a, b, inside=True).signed_distance(points, torch.arange(len(points)))
 
 
 class _Segments:
@@ -713,30 +717,51 @@ class _SegmentCells:
         self.segments = _Segments(torch.cat([a[kept], sentinel]), torch.cat([b[kept], sentinel]))
         self.original = torch.cat([kept, torch.tensor([-1])])
         everything = torch.arange(len(kept)).expand(len(coarse_centre), -1)
-        coarse = self._refine(coarse_centre, coarse_half, everything)  # [Cc, Kc]
-        self.candidates = self._refine(self.centre, fine_half, coarse[coarse_of_fine])  # [C, K]
+        coarse, _ = self._refine(coarse_centre, coarse_half, everything)  # [Cc, Kc]
+        self.candidates, centre_distance = self._refine(self.centre, fine_half, coarse[coarse_of_fine])  # [C, K]
         self.count = (self.candidates != len(kept)).sum(-1)  # >= 1: the nearest segment
-        self.inside = None
+        self.inside = self.centre_signed = None
         if inside:
             coarse_inside = _inside_chunked(coarse_centre, a, b)  # every segment: even-odd needs the whole ring
             crossed = self.segments.crossings(coarse_centre[coarse_of_fine], self.centre, coarse[coarse_of_fine])
             self.inside = coarse_inside[coarse_of_fine] ^ (crossed % 2 == 1)
+            self.centre_signed = torch.where(self.inside, -centre_distance, centre_distance)
 
-    def _refine(self, centre: torch.Tensor, half_diagonal: float, candidates: torch.Tensor) -> torch.Tensor:
-        """Keep the candidates within ``min + 2 x half_diagonal`` of each cell centre, compacted. ``[C, K']``."""
+    def _refine(self, centre: torch.Tensor, half_diagonal: float,
+                candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the candidates within ``min + 2 x half_diagonal`` of each cell centre, compacted ``[C, K']``;
+        and the centres' distance to their nearest segment ``[C]``."""
         d = self.segments.squared_distance(centre[:, :1], centre[:, 1:], candidates).sqrt()  # [C, K]
-        keep = d <= d.amin(-1, keepdim=True) + 2 * half_diagonal
+        nearest = d.amin(-1)
+        keep = d <= nearest[:, None] + 2 * half_diagonal
         width = int(keep.sum(-1).max())
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :width]
-        return torch.where(keep.gather(1, order), candidates.gather(1, order), len(self.segments) - 1)
+        return torch.where(keep.gather(1, order), candidates.gather(1, order), len(self.segments) - 1), nearest
 
-    def candidate_groups(self, rows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The query points ``rows`` grouped by candidate count, with their candidates ``[n, width]``.
+    def signed_distance(self, points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Signed distance (m) of the query points ``points[rows]``, negative inside (even-odd). ``[n]``.
+
+        The disc of radius d(p) around a point holds no edge: if it reaches the
+        cell centre, both are on the same side; otherwise the edges crossed on
+        the way from the centre are counted.
+        """
+        distance, _ = self.nearest(points, rows)
+        xy = points.index_select(0, rows)
+        cell = self.cell_of_point.index_select(0, rows)
+        centre = self.centre.index_select(0, cell)
+        inside = self.inside.index_select(0, cell)
+        far = (torch.linalg.vector_norm(xy - centre, dim=-1) >= distance).nonzero()[:, 0]
+        for group, candidates in self.candidate_groups(far, cell.index_select(0, far)):
+            crossed = self.segments.crossings(centre.index_select(0, group), xy.index_select(0, group), candidates)
+            inside.index_copy_(0, group, inside.index_select(0, group) ^ (crossed % 2 == 1))
+        return torch.where(inside, -distance, distance)
+
+    def candidate_groups(self, rows: torch.Tensor, cell: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Queries ``rows`` (in cells ``cell``) grouped by candidate count, with their candidates ``[n, width]``.
 
         Widths are powers of two, so padding costs at most twice the real work.
         """
-        cell = _take(self.cell_of_point, rows)
-        count = _take(self.count, cell)
+        count = self.count.index_select(0, cell)
         low, width = 0, 1
         while rows.numel() and low < int(count.max()):
             group_rows, group_cells = _where((count > low) & (count <= width), rows, cell)
@@ -744,20 +769,19 @@ class _SegmentCells:
                 yield group_rows, self.candidates[:, :width].index_select(0, group_cells)
             low, width = width, 2 * width
 
-    def nearest(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distance (m) to and index (into the caller's segments) of the nearest segment, lowest index on ties.
-
-        ``[N]`` each.
-        """
-        distance = torch.empty(len(points), dtype=FLOAT)
-        segment = torch.empty(len(points), dtype=torch.long)
-        for rows, candidates in self.candidate_groups(torch.arange(len(points))):
-            xy = points.index_select(0, rows)
+    def nearest(self, points: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance (m) to and index (into the caller's segments) of the nearest segment of ``points[rows]``,
+        lowest index on ties. ``[n]`` each."""
+        distance = torch.empty(len(rows), dtype=FLOAT)
+        segment = torch.empty(len(rows), dtype=torch.long)
+        cell = self.cell_of_point.index_select(0, rows)
+        for group, candidates in self.candidate_groups(torch.arange(len(rows)), cell):
+            xy = points.index_select(0, rows.index_select(0, group))
             squared = self.segments.squared_distance(xy[:, :1], xy[:, 1:], candidates)  # [n, width]
             best, k = squared.min(-1)
-            distance.index_copy_(0, rows, best.sqrt())
-            segment.index_copy_(0, rows, candidates.gather(1, k[:, None])[:, 0])
-        return distance, self.original[segment]
+            distance.index_copy_(0, group, best.sqrt())
+            segment.index_copy_(0, group, candidates.gather(1, k[:, None])[:, 0])
+        return distance, self.original.index_select(0, segment)
 
 
 def _crop(a: torch.Tensor, b: torch.Tensor, points: torch.Tensor, coarse_centre: torch.Tensor,
@@ -855,8 +879,7 @@ def nearest_vehicle_lane(roadmap: RoadMap, points: torch.Tensor, origin: torch.T
     lane_of_segment = lanes[:, None].expand_as(point_valid)[:, :-1][point_valid[:, :-1] & point_valid[:, 1:]]
     if points.shape[0] == 0 or len(a) == 0:
         return torch.full((points.shape[0],), -1, dtype=torch.long)
-    cells = _SegmentCells(points, a, b, inside=False)
-    _, segment = cells.nearest(points)
+    _, segment = _SegmentCells(points, a, b, inside=False).nearest(points, torch.arange(len(points)))
     return lane_of_segment[segment]
 
 
