@@ -97,7 +97,11 @@ a result.
 3. Point-to-segment queries (road edges, lanes) use a two-level cell list
    (``_SegmentCells``) whose candidates provably contain each point's
    nearest segment; inside tests count the ring edges crossed from the cell
-   centre, whose side is known from a full even-odd test.
+   centre, whose side is known from a full even-odd test. Signed distance is
+   1-Lipschitz, so box corners that provably cannot be a box's farthest out
+   (bounds from their cell centre's value) are skipped.
+4. Gathers use ``index_select`` (about 3x faster than advanced indexing on
+   CPU) and one ``nonzero`` per mask.
 
 Deliberate differences from the official code
 ---------------------------------------------
@@ -173,6 +177,8 @@ def scene_features(roadmap: RoadMap, traj: AgentTrajectory, meta: AgentMeta, lig
     indicators) plus ``<name>_valid`` -> bool ``[R, A, F]``.
     """
     H = history_steps
+    if not 1 <= H < traj.num_steps:
+        raise ValueError(f"history_steps={H}: needs 1 <= history_steps < T={traj.num_steps} (future steps to score)")
     origin = _local_origin(traj, H)
     x = traj.x.to(FLOAT) - origin[0]  # [R, A, T] local frame, m
     y = traj.y.to(FLOAT) - origin[1]
