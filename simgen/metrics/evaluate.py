@@ -37,8 +37,8 @@ Reference worlds (any registered world can be scored; these bracket them):
 - ``sumo``: the SUMO co-simulation, continued from the scene's saved state
   with only a new seed (``sumo_branch`` without re-drawing). With ``av`` the
   AV's SUMO vehicle follows the AV policy; without, SUMO drives every row.
-  Both refuse logs whose saved states lack the scene's people (recorded
-  without SUMO's ``--save-state.transportables``).
+  Both refuse logs whose saved states lack the scene's people (logs recorded
+  before simgen saved states with SUMO's ``--save-state.transportables``).
 
 Seeds: rollout r of item i (a scene, or a trip) uses the 31-bit seed
 ``rollout_seed(seed, kind, i, r)`` (numpy ``SeedSequence([seed, kind, i, r])``,

@@ -42,6 +42,8 @@ Run options (``SUMO_OPTIONS``), chosen for logs that look like driving:
   minute is dropped, so a congested map does not build an unbounded backlog.
 - ``--save-state.precision 8``: saved states keep positions to 1e-8 m (the
   default rounding makes cars jump ~3 cm on reload).
+- ``--save-state.transportables true``: saved states keep pedestrians; without
+  it every person vanishes from a branch.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ SUMO_OPTIONS = (
     "--collision.action", "warn",
     "--max-depart-delay", "60",
     "--save-state.precision", "8",
+    "--save-state.transportables", "true",  # keep pedestrians in saved states (branches would lose them)
     "--no-step-log", "true",
     "--no-warnings", "true",
     "--xml-validation", "never",

@@ -20,9 +20,8 @@ WORLDS = ["constant_velocity", "idm", "sumo_branch", "log_copies"]
 
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory):
-    """A few busy grid windows and one short trip. No pedestrians: the logs' SUMO states do not hold persons
-    (no --save-state.transportables), and the SUMO worlds refuse scenes whose people they cannot continue."""
-    demand = Demand(vehicles_per_hour_per_km=200.0, pedestrians_per_hour_per_km=0.0)
+    """A few busy grid windows, with pedestrians (saved SUMO states keep them), and one short trip."""
+    demand = Demand(vehicles_per_hour_per_km=200.0)
     return generate_logs("grid", tmp_path_factory.mktemp("eval") / "logs", scenes=SCENES, seed=5, workers=1,
                          trip_seconds=10.0, demand=demand, warmup_s=60.0, progress=False)
 
