@@ -279,13 +279,13 @@ class _Boxes:
         self.half_length, self.half_width = length / 2, width / 2
         self.half_diagonal = torch.hypot(self.half_length, self.half_width)
 
-    def corners(self) -> torch.Tensor:
-        """``[..., 4, 2]`` corner positions, m."""
-        along = _CORNER_SIGNS[:, 0] * self.half_length[..., None]  # [..., 4]
-        across = _CORNER_SIGNS[:, 1] * self.half_width[..., None]
-        cos, sin = self.cos[..., None], self.sin[..., None]
-        return torch.stack([self.x[..., None] + along * cos - across * sin,
-                            self.y[..., None] + along * sin + across * cos], dim=-1)
+    def corners(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[n, 4, 2]`` corner positions (m) of the boxes at flat indices ``rows`` of ``[..., F]``."""
+        x, y, cos, sin, half_length, half_width = (
+            v.reshape(-1).index_select(0, rows)[:, None]
+            for v in (self.x, self.y, self.cos, self.sin, self.half_length, self.half_width))
+        along, across = _CORNER_SIGNS[:, 0] * half_length, _CORNER_SIGNS[:, 1] * half_width  # [n, 4]
+        return torch.stack([x + along * cos - across * sin, y + along * sin + across * cos], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -624,20 +624,21 @@ def road_edge_distance(roadmap: RoadMap, boxes: _Boxes, valid: torch.Tensor, ori
     a, b = (s.to(FLOAT) - origin for s in roadmap.road_edge_segments)  # [M, 2]
     if len(a) == 0:
         raise ValueError(f"RoadMap {roadmap.name!r}: no road-edge segments, so no distance to the road edge")
-    out = torch.full(valid.shape, math.nan, dtype=FLOAT)
-    if not valid.any():
-        return out
-    corners = boxes.corners()[valid].reshape(-1, 2)  # [4N, 2] local frame
+    out = torch.full((valid.numel(),), math.nan, dtype=FLOAT)
+    boxes_at = valid.reshape(-1).nonzero()[:, 0]  # [N] valid agent-steps
+    if not len(boxes_at):
+        return out.reshape(valid.shape)
+    corners = boxes.corners(boxes_at).reshape(-1, 2)  # [4N, 2] local frame
     cells = _SegmentCells(corners, a, b, inside=True)
-    centre = cells.centre.index_select(0, cells.cell_of_point)
-    slack = torch.linalg.vector_norm(corners - centre, dim=-1) + SEARCH_TOLERANCE_M
+    offset = corners - cells.centre.index_select(0, cells.cell_of_point)
+    slack = torch.hypot(offset[:, 0], offset[:, 1]) + SEARCH_TOLERANCE_M
     estimate = cells.centre_signed.index_select(0, cells.cell_of_point)  # [4N]
     highest = (estimate - slack).reshape(-1, 4).amax(-1, keepdim=True)  # [N, 1] a sure lower bound of the max
     rows = ((estimate + slack).reshape(-1, 4) >= highest).reshape(-1).nonzero()[:, 0]
     signed = torch.full((len(corners),), -math.inf, dtype=FLOAT)
     signed.index_copy_(0, rows, cells.signed_distance(corners, rows))
-    out[valid] = signed.reshape(-1, 4).amax(-1)
-    return out
+    out.index_copy_(0, boxes_at, signed.reshape(-1, 4).amax(-1))
+    return out.reshape(valid.shape)
 
 
 def signed_distance_to_rings(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -756,7 +757,8 @@ class _SegmentCells:
         cell = self.cell_of_point.index_select(0, rows)
         centre = self.centre.index_select(0, cell)
         inside = self.inside.index_select(0, cell)
-        far = (torch.linalg.vector_norm(xy - centre, dim=-1) >= distance).nonzero()[:, 0]
+        offset = xy - centre
+        far = (torch.hypot(offset[:, 0], offset[:, 1]) >= distance).nonzero()[:, 0]
         for group, candidates in self.candidate_groups(far, cell.index_select(0, far)):
             crossed = self.segments.crossings(centre.index_select(0, group), xy.index_select(0, group), candidates)
             inside.index_copy_(0, group, inside.index_select(0, group) ^ (crossed % 2 == 1))

@@ -72,8 +72,9 @@ also the feature-level differences in ``simgen.metrics.features``.
 
 Agreement with the official code: ``bench/wosac_crosscheck.py`` scores the
 same scenes and rollouts with Waymo's package (2025 config) in its own venv;
-on SUMO grid scenes (log copies, noisy and constant-velocity rollouts) every
-likelihood and the meta-metric agreed within 1e-7.
+on 20 Berlin scenes (noisy rollouts) and on grid scenes (log copies, noisy
+and constant-velocity rollouts) every likelihood and the meta-metric agreed
+within 2e-7.
 """
 
 from __future__ import annotations
