@@ -99,7 +99,7 @@ def main() -> None:
     best = min(totals[n] for n in threads)
     table.add_row("mean", "", *(f"{totals[n] / count:.3f}" for n in threads), "", f"{totals['slow'] / count:.1f}",
                   f"{totals['slow'] / best:.0f}x", "", "")
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":
