@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from simgen.maps.netfile import pad
 from simgen.metrics.features import scene_features, signed_distance_to_rings
 from simgen.metrics.wosac import WOSAC_2025, score_scene, score_scene_reference
 from simgen.types import (
@@ -27,24 +28,15 @@ STOP_X = 0.0  # stop line of the eastbound light slot, m
 
 # --- a straight two-lane road with one signalised junction ------------------------------------------------
 
-def _padded(lines, width):
-    xy = torch.zeros(len(lines), width, 2)
-    valid = torch.zeros(len(lines), width, dtype=torch.bool)
-    for k, line in enumerate(lines):
-        xy[k, :len(line)] = torch.tensor(line)
-        valid[k, :len(line)] = True
-    return xy, valid
-
-
 @pytest.fixture(scope="module")
 def road() -> RoadMap:
     """Road |y| <= 5 m for x in [-200, 200]; lanes: 0 approach (to the stop line at x = 0), 1 junction, 2 exit,
     3 westbound; one light slot (0 -> 1 -> 2)."""
     lanes = [[(-200.0, LANE_Y), (STOP_X, LANE_Y)], [(STOP_X, LANE_Y), (10.0, LANE_Y)],
              [(10.0, LANE_Y), (200.0, LANE_Y)], [(200.0, 1.75), (-200.0, 1.75)]]
-    lane_xy, lane_valid = _padded(lanes, 2)
-    edge_xy, edge_valid = _padded([[(-200.0, -5.0), (200.0, -5.0), (200.0, 5.0), (-200.0, 5.0), (-200.0, -5.0)]], 5)
-    empty_xy, empty_valid = _padded([[(0.0, 0.0)] * 4], 4)
+    lane_xy, lane_valid = pad(lanes)
+    edge_xy, edge_valid = pad([[(-200.0, -5.0), (200.0, -5.0), (200.0, 5.0), (-200.0, 5.0), (-200.0, -5.0)]])
+    empty_xy, empty_valid = pad([[(0.0, 0.0)] * 4])
     return RoadMap(
         lane_xy=lane_xy, lane_point_valid=lane_valid, lane_width_m=torch.full((4,), 3.5),
         lane_speed_limit_mps=torch.full((4,), 13.9), lane_length_m=torch.tensor([200.0, 10.0, 190.0, 400.0]),

@@ -16,11 +16,27 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from simgen.renderers.bev import (
+    AGENT_COLORS,
+    COLORS,
+    LIGHT_COLORS,
+    BevRenderer,
+    even_odd_mask,
+    render_bev_frame,
+    render_bev_video,
+)
 
-from simgen.renderers.bev import (AGENT_COLORS, COLORS, LIGHT_COLORS, BevRenderer, even_odd_mask,
-                                  render_bev_frame, render_bev_video)
-from simgen.types import (AgentMeta, AgentTrajectory, AgentType, LaneKind, LightState, RoadMap, SceneState,
-                          TrafficLights)
+from simgen.maps.netfile import pad
+from simgen.types import (
+    AgentMeta,
+    AgentTrajectory,
+    AgentType,
+    LaneKind,
+    LightState,
+    RoadMap,
+    SceneState,
+    TrafficLights,
+)
 from simgen.types.geometry import point_segment_distance
 
 SIZE = 800
@@ -31,16 +47,6 @@ STOP_XY = (18.0, -1.75)
 PARKED_XY = (25.0, 12.0)
 
 
-def _padded(polylines: list[list[tuple[float, float]]], points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged point lists -> ``[N, points, 2]`` float32 and ``[N, points]`` bool, padded with zeros."""
-    xy = torch.zeros(len(polylines), points, 2)
-    valid = torch.zeros(len(polylines), points, dtype=torch.bool)
-    for n, line in enumerate(polylines):
-        xy[n, :len(line)] = torch.tensor(line)
-        valid[n, :len(line)] = True
-    return xy, valid
-
-
 def make_roadmap() -> RoadMap:
     lanes = [
         [(-100.0, -1.75), (-40.0, -1.75), (18.0, -1.75)],  # 0 eastbound approach (signalised)
@@ -48,14 +54,14 @@ def make_roadmap() -> RoadMap:
         [(18.0, -1.75), (26.0, -1.75)],  # 2 junction lane
         [(26.0, -1.75), (100.0, -1.75)],  # 3 eastbound exit
     ]
-    lane_xy, lane_valid = _padded(lanes, 3)
+    lane_xy, lane_valid = pad(lanes)
     lengths = torch.tensor([sum(math.dist(a, b) for a, b in zip(line, line[1:])) for line in lanes])
     ring = [(-100.0, -3.5), (100.0, -3.5), (100.0, 3.5), (-100.0, 3.5), (-100.0, -3.5)]  # CCW, road on the left
-    edge_xy, edge_valid = _padded([ring], 6)
+    edge_xy, edge_valid = pad([ring])
     crosswalk = [(20.0, -3.5), (24.0, -3.5), (24.0, 3.5), (20.0, 3.5), (20.0, -3.5)]
-    cw_xy, cw_valid = _padded([crosswalk], 5)
+    cw_xy, cw_valid = pad([crosswalk])
     junction = [(18.0, -3.5), (26.0, -3.5), (26.0, 3.5), (18.0, 3.5), (18.0, -3.5)]
-    j_xy, j_valid = _padded([junction], 5)
+    j_xy, j_valid = pad([junction])
     cycle = [int(LightState.GO)] * 30 + [int(LightState.CAUTION)] * 5 + [int(LightState.STOP)] * 35
     return RoadMap(
         lane_xy=lane_xy, lane_point_valid=lane_valid,
@@ -210,7 +216,7 @@ def test_even_odd_fill_matches_is_drivable(roadmap):
     """Slow twin of the drivable-area fill: RoadMap.is_drivable at every pixel centre away from the edges."""
     outer = [(-20.0, -20.0), (20.0, -20.0), (20.0, 20.0), (-20.0, 20.0), (-20.0, -20.0)]  # CCW
     island = [(-5.0, -5.0), (-5.0, 5.0), (7.0, 5.0), (3.0, -5.0), (-5.0, -5.0)]  # CW
-    edge_xy, edge_valid = _padded([outer, island], 5)
+    edge_xy, edge_valid = pad([outer, island])
     rings_map = roadmap.replace(road_edge_xy=edge_xy, road_edge_valid=edge_valid)
     px_per_m, left, top, side = 4.0, -100, -100, 200  # pixel centres cover x, y in [-25, 24.75] m
     rings_px = [np.stack([xy[v, 0] * px_per_m - left, -xy[v, 1] * px_per_m - top], -1)
