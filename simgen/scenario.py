@@ -8,6 +8,7 @@ users are in scenarios/README.md.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,12 +80,13 @@ class Scenario(_Strict):
         return int(round(self.duration_s * 10))
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError, root: type[BaseModel]) -> str:
+    """The first error of ``root.model_validate`` as one line naming ``source``, the key and the fix."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(first["loc"][:-1])
+        allowed = _allowed_keys(root, first["loc"][:-1])
         return f"{source}: unknown key '{key}'; allowed here: {', '.join(allowed)}"
     if kind == "missing":
         return f"{source}: missing required key '{key}'"
@@ -92,13 +94,15 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: key '{key}': {first['msg']} (got {value!r})"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Scenario
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
+        if isinstance(part, int):  # an item of a list of sections
+            continue
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        annotation = field and (typing.get_args(field.annotation) or (field.annotation,))[0]
+        if not isinstance(annotation, type) or not issubclass(annotation, BaseModel):
             break
-        model = field.annotation
+        model = annotation
     return sorted(f.alias or name for name, f in model.model_fields.items())
 
 
@@ -124,7 +128,7 @@ def parse(data: Any, source: str = "<scenario>", overrides: list[str] = ()) -> S
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(_format_error(source, err)) from None
+        raise ScenarioError(format_validation_error(source, err, Scenario)) from None
     from simgen.agents import POLICIES, WORLDS
 
     if scenario.world not in WORLDS and ":" not in scenario.world:
