@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from simgen.renderers.scene3d import REFLECTIVITY, Frame
 
-from simgen.types.sensors import LidarSpec, turn_about_z, world_from_sensor
+from simgen.types.sensors import LidarSpec, dot_rows, turn_about_z, world_from_sensor
 
 MAX_ELONGATION_M = 2.0
 DROP_GAIN = np.float32(20.0)  # step 5
@@ -91,7 +91,7 @@ def lidar_sweep(frame: Frame, spec: LidarSpec, av_pose: np.ndarray, *, seed: int
     valid = hits.hit & (range_m >= spec.min_range_m)  # 2
     semantic = frame.attribute(hits, "semantic")
     normal = frame.attribute(hits, "normal")
-    cos_incidence = np.abs(normal[:, 0] * dirs[:, 0] + normal[:, 1] * dirs[:, 1] + normal[:, 2] * dirs[:, 2])
+    cos_incidence = np.abs(dot_rows(normal, dirs))
     intensity = REFLECTIVITY[semantic] * cos_incidence  # 3
     tan_incidence = np.sqrt(np.maximum(1.0 - cos_incidence**2, 0.0)) / np.maximum(cos_incidence, 1e-3)
     elongation = np.minimum(range_m * np.float32(spec.beam_divergence_mrad * 1e-3) * tan_incidence,

@@ -510,12 +510,13 @@ def _wheel(x: float, y: float, radius: float, thickness: float, semantic: Semant
 
 
 def _lights(semantic: SemanticClass, z: float, y: float = 0.33) -> list[tuple[Mesh, np.ndarray]]:
-    """Two headlights on the front face (x = 0.5) and two tail lights on the back face of a unit box."""
+    """Two headlights on the front (x up to 0.5) and two tail lights on the back of a unit box whose body
+    ends at x = +-0.49, so the lights stay inside the agent's box."""
     out = []
     for side in (-y, y):
-        out.append(_unit_part(_box(0.5, 0.51, side - 0.08, side + 0.08, z - 0.05, z + 0.05), semantic, False,
+        out.append(_unit_part(_box(0.49, 0.5, side - 0.08, side + 0.08, z - 0.05, z + 0.05), semantic, False,
                               Emitter.HEADLIGHT, albedo=(0.9, 0.9, 0.85)))
-        out.append(_unit_part(_box(-0.51, -0.5, side - 0.08, side + 0.08, z - 0.05, z + 0.05), semantic, False,
+        out.append(_unit_part(_box(-0.5, -0.49, side - 0.08, side + 0.08, z - 0.05, z + 0.05), semantic, False,
                               Emitter.TAILLIGHT, albedo=(0.6, 0.05, 0.05)))
     return out
 
@@ -533,15 +534,15 @@ def _agent_templates() -> dict[str, tuple[Mesh, np.ndarray]]:
     head = trimesh.creation.icosphere(subdivisions=1, radius=1.0)
     return {
         "car": _template([
-            _unit_part(_box(-0.5, 0.5, -0.5, 0.5, 0.15, 0.58), car, True),
+            _unit_part(_box(-0.49, 0.49, -0.5, 0.5, 0.15, 0.58), car, True),
             _unit_part(_box(-0.32, 0.18, -0.44, 0.44, 0.58, 1.0), car, False, albedo=glass),
             *(_wheel(x, y, 0.18, 0.12, car) for x in (-0.33, 0.33) for y in (-0.42, 0.42)),
             *_lights(car, 0.42),
         ]),
         "truck": _template([
-            _unit_part(_box(0.3, 0.5, -0.5, 0.5, 0.12, 0.85), truck, True),
-            _unit_part(_box(0.49, 0.505, -0.42, 0.42, 0.55, 0.8), truck, False, albedo=glass),
-            _unit_part(_box(-0.5, 0.28, -0.5, 0.5, 0.12, 1.0), truck, False, albedo=(0.75, 0.75, 0.72)),
+            _unit_part(_box(0.3, 0.49, -0.5, 0.5, 0.12, 0.85), truck, True),
+            _unit_part(_box(0.49, 0.5, -0.42, 0.42, 0.55, 0.8), truck, False, albedo=glass),
+            _unit_part(_box(-0.49, 0.28, -0.5, 0.5, 0.12, 1.0), truck, False, albedo=(0.75, 0.75, 0.72)),
             *(_wheel(x, y, 0.1, 0.1, truck) for x in (-0.4, -0.28, 0.38) for y in (-0.45, 0.45)),
             *_lights(truck, 0.3),
         ]),
