@@ -6,6 +6,6 @@ Importable as ``simgen.agents``. Registered names: AV policies ``log_replay``,
 """
 
 from simgen.agents.base import POLICIES, WORLDS, Policy, PolicyContext, make_policy
-from simgen.agents import idm_route, simple, sumo_branch, sumo_world  # noqa: F401  (registers the built-in actors)
+from simgen.agents import idm_route, simple, sumo_branch, sumo_world, world_model  # noqa: F401  (registers the built-in actors)
 
 __all__ = ["POLICIES", "WORLDS", "Policy", "PolicyContext", "make_policy"]

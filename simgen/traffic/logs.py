@@ -223,13 +223,13 @@ def run_log_worker(job: LogJob, on_item: Callable[[], None] | None = None) -> di
 
 def generate_logs(map_spec: str, out: Path, *, scenes: int, seed: int, workers: int = 1, trip_seconds: float = 0,
                   radius_m: float = 60.0, max_agents: int = 128, demand: Demand | None = None,
-                  progress: bool = True, warmup_s: float = 300.0) -> Path:
+                  progress: bool = True, warmup_s: float = 300.0, map_options: dict[str, Any] | None = None) -> Path:
     """Record SUMO traffic on ``map_spec`` into the LOG_DIR ``out`` (docs/FORMATS.md); returns ``out``.
 
     ``scenes`` windows (T = 91) and, if ``trip_seconds > 0``, one trip of that
     length per worker (T = 11 + trip steps) are cut from ``workers`` parallel
     SUMO runs (see the module docstring). ``map_spec`` goes to
-    ``simgen.maps.resolve_map`` with ``seed``. ``warmup_s``: SUMO runs this
+    ``simgen.maps.resolve_map`` with ``seed`` (and a generator's ``map_options``). ``warmup_s``: SUMO runs this
     long before recording; a map starts empty and takes ~5 min to reach its
     steady density (``grid``: ~50 vehicles after 60 s, ~190 from 300 s on).
     ``out`` appears only when everything has been written. Read it back with
@@ -241,7 +241,7 @@ def generate_logs(map_spec: str, out: Path, *, scenes: int, seed: int, workers: 
         raise ValueError(f"generate_logs: need scenes >= 0 (got {scenes}), workers >= 1 (got {workers}) and "
                          "something to record (scenes > 0 or trip_seconds > 0)")
     demand = demand or Demand()
-    source = resolve_map(map_spec, seed=seed)
+    source = resolve_map(map_spec, seed=seed, **(map_options or {}))
     trip_steps = round(trip_seconds / DT_S)
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -273,7 +273,7 @@ def generate_logs(map_spec: str, out: Path, *, scenes: int, seed: int, workers: 
         index = _assemble(tmp, jobs, results)
         index.update(
             format_version=FORMAT_VERSION, simgen_version=__version__, sumo_version=version_info()["sumo"],
-            map=source.name, attribution=source.attribution, seed=seed, workers=workers, radius_m=radius_m,
+            map=source.name, map_options=map_options or {}, attribution=source.attribution, seed=seed, workers=workers, radius_m=radius_m,
             max_agents=max_agents, history_steps=NUM_HISTORY_STEPS, future_steps=NUM_FUTURE_STEPS, dt_s=DT_S,
             trip_steps=trip_steps, warmup_s=warmup_s, demand=asdict(demand),
             workers_info=[r["stats"] for r in results])

@@ -1,0 +1,84 @@
+"""The learned world: SceneDiffuser++ (``simgen.world``) as a world next to ``sumo``, ``idm`` and the baselines.
+
+``WORLDS["world_model"]`` options: ``checkpoint`` (default: the shipped
+``checkpoints/world/world.pt``), ``sampler`` (``amortized`` | ``full``),
+``full_steps`` (K), ``replan_every`` (R, full sampler) and ``lights``
+(``model`` | ``sumo_program``).
+
+- Role ``all`` (WOSAC protocol): the model drives every row of the window,
+  the AV included; rows are fixed and kept valid.
+- Role ``world``: the model drives every row but the AV's, spawns agents into
+  free rows and removes them through validity. It sees the AV only through
+  its executed history (the AV policy is a separate model).
+
+``rollouts(start, count, generator)`` runs ``count`` rollouts of one scene as
+one batch (one denoiser call per step for all of them); ``simgen eval`` uses
+it under the WOSAC protocol.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simgen.agents.base import WORLDS, PolicyContext
+from simgen.sim.env import step as env_step
+from simgen.types import Action, SceneState
+from simgen.world.sampler import SamplerOptions, WorldModel, WorldSampler
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "world" / "world.pt"
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> WorldModel:
+    return WorldModel.load(path)
+
+
+@WORLDS.register("world_model")
+class WorldModelWorld:
+    def __init__(self, ctx: PolicyContext, checkpoint: str | None = None, sampler: str = "amortized",
+                 full_steps: int = 16, replan_every: int = 1, lights: str = "model"):
+        if lights not in ("model", "sumo_program"):
+            raise ValueError(f"world_model: lights must be 'model' or 'sumo_program', got {lights!r}")
+        if sampler not in ("amortized", "full"):
+            raise ValueError(f"world_model: sampler must be 'amortized' or 'full', got {sampler!r}")
+        self.ctx = ctx
+        model = _load(str(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT))
+        protocol = ctx.role == "all"
+        options = SamplerOptions(kind=sampler, full_steps=full_steps, replan_every=replan_every,
+                                 spawn=not protocol, drive_av=protocol, model_lights=lights == "model")
+        self.sampler = WorldSampler(model, ctx.roadmap, options, context=_map_context(ctx.roadmap))
+
+    def reset(self, scene: SceneState, generator: torch.Generator) -> Any:
+        return self.sampler.start([scene], generator)
+
+    def act(self, scene: SceneState, state: Any, generator: torch.Generator) -> tuple[Action, Any]:
+        actions, state = self.sampler.step([scene], state, generator)
+        return actions[0], state
+
+    def rollouts(self, start: SceneState, count: int, steps: int, generator: torch.Generator) -> list[SceneState]:
+        """``count`` rollouts of ``start`` for ``steps`` steps, batched; the model drives every row it controls
+        (use with role ``all``)."""
+        scenes = [start] * count
+        carry = self.sampler.start(scenes, generator)
+        for _ in range(steps):
+            actions, carry = self.sampler.step(scenes, carry, generator)
+            scenes = [env_step(s, [a]) for s, a in zip(scenes, actions)]
+        return scenes
+
+
+_CONTEXTS: dict[int, Any] = {}
+
+
+def _map_context(roadmap):
+    """One ``MapContext`` per map object (building it takes about a second on a city map)."""
+    from simgen.world.data import MapContext
+
+    key = id(roadmap)
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = (roadmap, MapContext.of(roadmap))
+    return _CONTEXTS[key][1]

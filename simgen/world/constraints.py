@@ -1,0 +1,194 @@
+"""Generalized hard constraints: clipping functions applied to the predicted clean sample x̂_0 in every
+denoising step (SceneDiffuser), each moving whole trajectories, plus a final check of the executed frame.
+
+All functions take agent channels ``[B, A, F, AGENT_CHANNELS]`` (tokenizer
+layout, AV frame of ``pose [B, 3]``) for the F future frames and return new ones.
+
+1. ``soft_clip``: scale every feature by the predicted validity probability
+   ``p = clamp((valid + 1) / 2, 0, 1)`` (SceneDiffuser++ soft clipping).
+2. ``inpaint``: replace the tokens of given trajectories (the AV's plan,
+   user-fixed agents) by their values, every frame.
+3. ``keep_valid``: force validity on rows that must stay in the scene (the
+   WOSAC protocol simulates every agent of the window at every step).
+4. ``OnRoad.project``: vehicles whose box leaves the drivable area at some
+   frame are moved, at that frame, toward the nearest driving-lane
+   centreline (bisection on the blend: the smallest move that brings all four
+   corners inside, heading blended toward the lane's); the displacement is
+   spread to the neighbouring frames with weights ``exp(-|Δk| / SPREAD_FRAMES)``
+   so the whole trajectory moves. ``OnRoad.enforce`` is the executed-frame
+   check: a vehicle still outside after projection is removed (invalid), so
+   the constraint holds in every executed frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from simgen.metrics.features import signed_distance_to_rings
+from simgen.types import RoadMap
+from simgen.world.tokenizer import (
+    COS,
+    POS_SCALE_M,
+    SIN,
+    SIZE,
+    SIZE_MEAN_M,
+    SIZE_SCALE_M,
+    TYPE,
+    VALID,
+    X,
+    Y,
+    to_world,
+)
+
+SPREAD_FRAMES = 3.0
+BISECTION_STEPS = 6
+ROAD_MARGIN_M = 0.3  # in denoising, corners are kept this far inside the (rastered) road edge
+TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
+CELL_M = 0.5
+
+
+def soft_clip(x0: torch.Tensor) -> torch.Tensor:
+    p = ((x0[..., VALID] + 1) / 2).clamp(0, 1)[..., None]
+    return torch.cat([x0[..., :1], x0[..., 1:] * p], dim=-1)
+
+
+def inpaint(x0: torch.Tensor, given: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``given [B, A, F]`` bool; ``values`` like ``x0``."""
+    return torch.where(given[..., None], values, x0)
+
+
+def keep_valid(x0: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows [B, A]`` bool: validity +1 at every frame (features keep their values)."""
+    out = x0.clone()
+    out[..., VALID] = torch.where(rows[..., None], 1.0, x0[..., VALID])
+    return out
+
+
+def is_vehicle(x0: torch.Tensor) -> torch.Tensor:
+    """``[B, A, F]`` bool: valid tokens whose type channel says vehicle."""
+    return (x0[..., VALID] > 0) & (x0[..., TYPE].argmax(-1) == 0)
+
+
+class OnRoad:
+    """Keep vehicles' boxes inside the drivable area (module docstring, 4)."""
+
+    def __init__(self, roadmap: RoadMap):
+        a, b = roadmap.road_edge_segments
+        self.a, self.b = a.double(), b.double()
+        self.tiles: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _tile(self, key: tuple[int, int]) -> torch.Tensor:
+        """Signed distance (m) at the cell corners of tile ``key``: ``[n + 1, n + 1]``, built once."""
+        if key not in self.tiles:
+            n = round(TILE_M / CELL_M)
+            ticks = torch.arange(n + 1, dtype=torch.float64) * CELL_M
+            gx, gy = torch.meshgrid(key[0] * TILE_M + ticks, key[1] * TILE_M + ticks, indexing="ij")
+            points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+            self.tiles[key] = signed_distance_to_rings(points, self.a, self.b).reshape(n + 1, n + 1).float()
+        return self.tiles[key]
+
+    def raster_distance(self, points: torch.Tensor) -> torch.Tensor:
+        """Bilinear signed distance (m) from the rastered tiles at ``points [N, 2]`` (world frame, m).
+        Within about ``CELL_M / 2`` of the exact value (1-Lipschitz)."""
+        out = torch.empty(len(points))
+        tile = torch.floor(points / TILE_M).long()
+        code = tile[:, 0] * 1_000_003 + tile[:, 1]  # one int per tile (maps span far fewer tiles)
+        for c in torch.unique(code).tolist():
+            rows = (code == c).nonzero().flatten()
+            key = tile[rows[0]].tolist()
+            local = (points[rows] - torch.tensor(key, dtype=points.dtype) * TILE_M) / CELL_M
+            i0 = local.floor().long().clamp(0, round(TILE_M / CELL_M) - 1)
+            f = (local - i0).float()
+            grid = self._tile(tuple(key))
+            v00, v10 = grid[i0[:, 0], i0[:, 1]], grid[i0[:, 0] + 1, i0[:, 1]]
+            v01, v11 = grid[i0[:, 0], i0[:, 1] + 1], grid[i0[:, 0] + 1, i0[:, 1] + 1]
+            out[rows] = ((v00 * (1 - f[:, 0]) + v10 * f[:, 0]) * (1 - f[:, 1])
+                         + (v01 * (1 - f[:, 0]) + v11 * f[:, 0]) * f[:, 1])
+        return out
+
+    def outside(self, x0: torch.Tensor, pose: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """``[B, A, F]`` the largest corner distance outside the road edge (m; <= 0 inside): exact, or from
+        the raster (``raster_distance``)."""
+        corners = _corners_world(x0, pose).reshape(-1, 2)  # [B * A * F * 4, 2]
+        if not exact:
+            return self.raster_distance(corners).reshape(*x0.shape[:3], 4).amax(-1)
+        return signed_distance_to_rings(corners, self.a, self.b).reshape(*x0.shape[:3], 4).amax(-1)
+
+    def project(self, x0: torch.Tensor, pose: torch.Tensor, lane_local: torch.Tensor,
+                lane_valid: torch.Tensor) -> torch.Tensor:
+        """Move offroad vehicle tokens toward lanes. ``lane_local [B, N, 2]`` driving-lane points (AV frame,
+        scaled as the tokens) with their direction ``[B, N, 2]`` in ``lane_local[..., 2:]``; ``lane_valid [B, N]``."""
+        vehicle = is_vehicle(x0)
+        off = (self.outside(x0, pose) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
+        if not off.any() or not lane_valid.any():
+            return x0
+        b, a, f = off.nonzero().unbind(-1)
+        tokens = x0[b, a, f][:, None, None]  # [n, 1, 1, C]: only the offroad tokens are searched
+        target = _nearest_lane(x0, lane_local, lane_valid)[b, a, f][:, None, None]  # [n, 1, 1, 4]
+        lo = torch.zeros(len(b), 1, 1, dtype=x0.dtype)
+        hi = torch.ones_like(lo)
+        for _ in range(BISECTION_STEPS):  # smallest blend that is inside (monotone enough in practice)
+            mid = (lo + hi) / 2
+            inside = self.outside(_blend(tokens, target, mid), pose[b]) <= -ROAD_MARGIN_M
+            hi = torch.where(inside, mid, hi)
+            lo = torch.where(inside, lo, mid)
+        moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]
+        moved[b, a, f] = (_blend(tokens, target, hi) - tokens)[:, 0, 0]
+        F = x0.shape[2]
+        k = torch.arange(F, dtype=x0.dtype)
+        weight = torch.exp(-(k[:, None] - k[None]).abs() / SPREAD_FRAMES)  # [F, F]
+        # Frames that needed a move keep exactly theirs; the others take a decayed share of their neighbours'.
+        share = torch.einsum("fg,bagc->bafc", weight, moved) / weight.sum(-1)[:, None].clamp_min(1)
+        correction = torch.where(off[..., None], moved, share * vehicle[..., None])
+        return x0 + correction
+
+    def enforce(self, frame: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """``frame [B, A, C]`` (one executed frame): vehicles still outside become invalid."""
+        outside = self.outside(frame[:, :, None], pose, exact=True)[:, :, 0] > 0
+        bad = outside & is_vehicle(frame[:, :, None])[:, :, 0]
+        out = frame.clone()
+        out[..., VALID] = torch.where(bad, -1.0, frame[..., VALID])
+        return out
+
+
+def _corners_world(x0: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """``[B, A, F, 4, 2]`` box corners (m, world frame, float64) of the tokens."""
+    lx, ly = x0[..., X].double() * POS_SCALE_M, x0[..., Y].double() * POS_SCALE_M
+    heading = torch.atan2(x0[..., SIN], x0[..., COS]).double()
+    x, y, h = to_world(lx, ly, heading, pose.double())
+    size = (x0[..., SIZE].double() * SIZE_SCALE_M.double() + SIZE_MEAN_M.double()).clamp_min(0.2)
+    half_l, half_w = size[..., 0:1] / 2, size[..., 1:2] / 2
+    along = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64) * half_l
+    across = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64) * half_w
+    cos, sin = torch.cos(h)[..., None], torch.sin(h)[..., None]
+    return torch.stack([x[..., None] + along * cos - across * sin, y[..., None] + along * sin + across * cos], -1)
+
+
+def _nearest_lane(x0: torch.Tensor, lanes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per token, the nearest lane point and its direction, aligned with the token's heading: ``[B, A, F, 4]``
+    (x, y scaled; sin, cos)."""
+    B, A, F, _ = x0.shape
+    pos = x0[..., X:Y + 1].reshape(B, A * F, 2)
+    d = torch.cdist(pos, lanes[..., :2])  # [B, AF, N]
+    d = torch.where(valid[:, None], d, math.inf)
+    index = d.argmin(-1)  # [B, AF]
+    picked = torch.gather(lanes, 1, index[..., None].expand(-1, -1, 4)).reshape(B, A, F, 4)
+    # direction as (cos, sin) in picked[..., 2:]; flip it to the side the token faces
+    cos, sin = picked[..., 2], picked[..., 3]
+    facing = cos * x0[..., COS] + sin * x0[..., SIN] >= 0
+    cos, sin = torch.where(facing, cos, -cos), torch.where(facing, sin, -sin)
+    return torch.stack([picked[..., 0], picked[..., 1], sin, cos], dim=-1)
+
+
+def _blend(x0: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Tokens moved a fraction ``w [B, A, F]`` of the way to ``target`` (position and heading direction)."""
+    w = w[..., None]
+    out = x0.clone()
+    out[..., X:Y + 1] = x0[..., X:Y + 1] + w * (target[..., :2] - x0[..., X:Y + 1])
+    sin = x0[..., SIN:SIN + 1] + w * (target[..., 2:3] - x0[..., SIN:SIN + 1])
+    cos = x0[..., COS:COS + 1] + w * (target[..., 3:4] - x0[..., COS:COS + 1])
+    norm = torch.hypot(sin, cos).clamp_min(1e-6)
+    out[..., SIN:SIN + 1], out[..., COS:COS + 1] = sin / norm, cos / norm
+    return out

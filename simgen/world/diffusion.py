@@ -1,0 +1,69 @@
+"""Noise schedule and the per-frame DDIM update shared by training and both samplers.
+
+The schedule is diffusers' ``DDIMScheduler`` (1000 steps, ``squaredcos_cap_v2``
+cosine betas, v-prediction). A *noise level* ``τ`` in [0, 1] names one of its
+timesteps: ``τ = (t + 1) / 1000`` for timestep t, and ``τ = 0`` is the clean
+signal (``ᾱ = 1``). Levels are per frame, so a window can hold clean context,
+slightly noisy near frames and pure-noise far frames at once.
+
+| symbol | meaning |
+|---|---|
+| ᾱ(τ) | ``alphas_cumprod`` of τ's timestep (1 at τ = 0) |
+| x_τ | ``sqrt(ᾱ) x_0 + sqrt(1 - ᾱ) ε`` |
+| v | ``sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0`` (the network's target) |
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def make_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True,
+                         timestep_spacing="leading")
+
+
+_ALPHA_BAR = torch.cat([torch.ones(1), make_scheduler().alphas_cumprod.float()])  # [1001], index round(τ * 1000)
+
+
+def level_of_timestep(t: torch.Tensor | int) -> torch.Tensor:
+    """Scheduler timestep(s) -> noise level τ."""
+    return (torch.as_tensor(t, dtype=torch.float32) + 1) / NUM_TRAIN_TIMESTEPS
+
+
+def alpha_bar(level: torch.Tensor) -> torch.Tensor:
+    """ᾱ at noise levels ``level`` (any shape), snapped to the schedule's grid."""
+    index = (level * NUM_TRAIN_TIMESTEPS).round().long().clamp(0, NUM_TRAIN_TIMESTEPS)
+    return _ALPHA_BAR[index]
+
+
+def _coefficients(level: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(ᾱ), sqrt(1 - ᾱ) for frame levels ``[B, T]`` shaped to broadcast with ``like`` ``[B, E, T, C]``."""
+    a = alpha_bar(level)[:, None, :, None]
+    return a.sqrt(), (1 - a).clamp_min(0).sqrt()
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """x_τ for ``x0, noise`` ``[B, E, T, C]`` at frame levels ``level`` ``[B, T]``."""
+    a, s = _coefficients(level, x0)
+    return a * x0 + s * noise
+
+
+def v_target(x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    a, s = _coefficients(level, x0)
+    return a * noise - s * x0
+
+
+def predict_clean(x_t: torch.Tensor, v: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂_0, ε̂) from the network's v at frame levels ``level``."""
+    a, s = _coefficients(level, x_t)
+    return a * x_t - s * v, s * x_t + a * v
+
+
+def ddim_step(x0: torch.Tensor, eps: torch.Tensor, level_next: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM: the sample at the (lower) frame levels ``level_next`` ``[B, T]``."""
+    return add_noise(x0, eps, level_next)

@@ -1,0 +1,435 @@
+"""Sampling loops of the world model, written out side by side: ``amortized``, ``full`` and ``initialize``.
+
+All loops work on a batch of B scenes that share one step counter (B
+rollouts of one scene window, or one trip), given as a list of
+``SceneState`` (their executed history; nothing of the future). Each
+simulation step returns, per scene, the next frame of every row the model
+drives and the next light states.
+
+Notation
+--------
+
+| symbol | meaning |
+|---|---|
+| W | future frames in the window (``WorldModel.future``) |
+| K | denoising steps of a full denoise (``full_steps``, 16) |
+| τ_k | noise level of future frame k = 1..W before a call |
+| x̂_0, ε̂ | the clean sample and noise the denoiser's v implies |
+| 𝒞 | the constraints (``simgen.world.constraints``), applied to x̂_0 in every call |
+
+``amortized`` (SceneDiffuser++; the schedule is ours)
+----------------------------------------------------
+
+1. Warm-up: denoise the whole window from pure noise with K DDIM steps (each
+   step applies 𝒞), then re-noise frame k to ``τ_k = k / W`` with fresh noise.
+2. Every simulation step, **one** denoiser call: with the window at levels
+   ``τ_k = k / W``, predict x̂_0, apply 𝒞, and take each frame one DDIM step
+   to ``(k - 1) / W``. Frame 1 reaches level 0: it is clean and is executed.
+3. Shift: frames 2..W become 1..W-1 (already at levels ``k / W``), and a
+   pure-noise frame is appended as frame W.
+4. The window lives in the AV frame of the step it was made at. Before a
+   call it is moved to the AV's new pose; with ``x_τ = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε``
+   and isotropic ε, a rigid motion ``x -> R x + d`` of x_0 is exactly
+   ``x_τ -> R x_τ + sqrt(ᾱ) d`` of the sample.
+
+``full`` (the baseline: replanning)
+-----------------------------------
+
+Every ``replan_every`` steps, denoise a fresh pure-noise window with K DDIM
+steps (diffusers' ``DDIMScheduler`` timesteps; 𝒞 at each), then execute its
+frames one per step until the next replan. K denoiser calls per replan.
+
+``initialize``
+--------------
+
+Generate a whole clip, context frames included, from noise with K steps:
+agents and light states around the AV's pose, optionally with some agents
+given (``inpaint``). The context frames become the initial scene's history.
+
+Rows
+----
+
+The model computes only the rows it needs: rows valid at some context frame
+(occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
+over the whole context (a row is reused only after its previous occupant has
+left the context). A spare row that turns valid is a new agent with a new
+object id, and its type and box size come from the model; rows that
+continue keep their logged box size and type. With ``spawn=False`` (the WOSAC
+protocol) the rows are fixed and kept valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from simgen.types import Action, LightState, RoadMap, SceneState
+from simgen.world import constraints as C
+from simgen.world.data import MAX_LIGHTS, SPARE_SLOTS, MapContext
+from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
+from simgen.world.diffusion import (
+    add_noise,
+    alpha_bar,
+    ddim_step,
+    level_of_timestep,
+    make_scheduler,
+    predict_clean,
+)
+from simgen.world.tokenizer import (
+    AGENT_CHANNELS,
+    COS,
+    HISTORY_OFFSETS,
+    LIGHT_CHANNELS,
+    POS_SCALE_M,
+    SIN,
+    VALID,
+    X,
+    Y,
+    decode_agents,
+    decode_light_states,
+    encode_agents,
+    encode_light_states,
+    light_condition,
+    map_features,
+)
+
+SamplerKind = Literal["amortized", "full"]
+FULL_STEPS = 16
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class WorldModel:
+    """A trained denoiser and the window it was trained for."""
+
+    denoiser: Denoiser
+    future: int
+    sha256: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> WorldModel:
+        """Load ``world.pt`` (``export_checkpoint``); a ``world.sha256`` beside it must match the file's digest."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"world-model checkpoint {path} does not exist")
+        blob = path.read_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        expected_file = path.with_suffix(".sha256")
+        if expected_file.exists():
+            expected = expected_file.read_text().split()[0]
+            if expected != digest:
+                raise CheckpointError(f"{path}: SHA-256 {digest} does not match {expected_file} ({expected}); "
+                                      "the file is corrupt or was replaced: restore it from git")
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        config = json.loads(data["config"])
+        denoiser = Denoiser(DenoiserConfig(**config["denoiser"]))
+        denoiser.load_state_dict(data["state_dict"])
+        denoiser.eval()
+        return cls(denoiser=denoiser, future=int(config["future"]), sha256=digest)
+
+
+@dataclass
+class Carry:
+    """The amortized sampler's state between steps (per batch)."""
+
+    agents: torch.Tensor  # [B, A, W, AGENT_CHANNELS] noisy window, AV frame of ``pose``, every scene row
+    lights: torch.Tensor  # [B, S, W, LIGHT_CHANNELS]
+    pose: torch.Tensor  # [B, 3] float64 world-frame AV pose the window is expressed in
+    plan: torch.Tensor | None = None  # full sampler: [B, A, W, C] clean plan and [B, S, W, 3] lights
+    plan_lights: torch.Tensor | None = None
+    plan_age: int = 0
+    next_object_id: int = 0
+    calls: int = 0  # denoiser calls so far
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    kind: SamplerKind = "amortized"
+    full_steps: int = FULL_STEPS  # K
+    replan_every: int = 1  # full sampler: steps executed per plan
+    spawn: bool = True  # spare rows may become new agents (False: rows fixed and kept valid)
+    drive_av: bool = False  # the model also drives the AV's row (WOSAC protocol)
+    model_lights: bool = True  # False: light states are given (e.g. SUMO's programs), not generated
+    on_road: bool = True
+
+
+class WorldSampler:
+    """Runs the loops of the module docstring for one map."""
+
+    def __init__(self, model: WorldModel, roadmap: RoadMap, options: SamplerOptions = SamplerOptions(),
+                 context: MapContext | None = None):
+        self.model = model
+        self.roadmap = roadmap
+        self.options = options
+        self.context = context or MapContext.of(roadmap)
+        self.on_road = C.OnRoad(roadmap) if options.on_road else None
+        self.scheduler = make_scheduler()
+        W = model.future
+        self.levels = torch.arange(1, W + 1) / W  # τ_k before a call
+        self.offsets = torch.tensor([*HISTORY_OFFSETS, *range(1, W + 1)])
+
+    # --- inputs ------------------------------------------------------------------
+    def _pose(self, scenes: list[SceneState]) -> torch.Tensor:
+        t = scenes[0].step
+        return torch.stack([torch.stack([s.traj.x[s.av_index, t], s.traj.y[s.av_index, t],
+                                         s.traj.heading[s.av_index, t]]) for s in scenes]).double()
+
+    def _context(self, scenes: list[SceneState], pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context frames of every row ``[B, A, H, C]`` (invalid before the scene's first step) and lights
+        ``[B, S, H, 3]`` with their known mask ``[B, S, H]``."""
+        t = scenes[0].step
+        steps = torch.tensor([t + o for o in HISTORY_OFFSETS])
+        inside = steps >= 0
+        steps = steps.clamp_min(0)
+        traj = [s.traj.index_axis("T", steps) for s in scenes]
+        stack = {f: torch.stack([getattr(tr, f) for tr in traj]) for f in ("x", "y", "heading", "length", "width",
+                                                                          "height", "valid")}
+        size = torch.stack([stack["length"], stack["width"], stack["height"]], dim=-1)
+        types = torch.stack([s.meta.agent_type for s in scenes])
+        agents = encode_agents(stack["x"].double(), stack["y"].double(), stack["heading"].double(), size, types,
+                               stack["valid"] & inside, pose)
+        state = torch.stack([s.lights.state[:, steps] for s in scenes])
+        known = torch.stack([s.lights.valid[:, steps] for s in scenes]) & (state != LightState.UNKNOWN) & inside
+        return agents, encode_light_states(torch.where(known, state, 0)), known
+
+    def _rows(self, context: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
+        """Scene rows the model computes this step (module docstring, "Rows")."""
+        if fixed is not None:
+            return fixed
+        occupied = (context[..., VALID] > 0).any(-1).any(0)  # [A]
+        free = (~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
+        return torch.cat([occupied.nonzero().flatten(), free]).sort().values
+
+    def _light_slots(self, scenes: list[SceneState], pose: torch.Tensor) -> torch.Tensor:
+        lights = scenes[0].lights
+        if lights.num_slots == 0:
+            return torch.zeros(0, dtype=torch.long)
+        t = scenes[0].step
+        d = torch.hypot(lights.stop_x[:, t].double() - pose[0, 0], lights.stop_y[:, t].double() - pose[0, 1])
+        return torch.argsort(d, stable=True)[:MAX_LIGHTS].sort().values
+
+    def _input(self, scenes, pose, agents_future, lights_future, levels_future, rows, slots,
+               given=None) -> tuple[DenoiserInput, torch.Tensor, torch.Tensor]:
+        """Assemble the denoiser input over ``rows`` and light ``slots``; also returns the lane points for
+        on-road projection ``[B, N, 4]`` and their mask."""
+        ctx_agents, ctx_lights, ctx_known = self._context(scenes, pose)
+        B = len(scenes)
+        H = len(HISTORY_OFFSETS)
+        W = agents_future.shape[2]
+        agents = torch.cat([ctx_agents[:, rows], agents_future[:, rows]], dim=2)
+        agent_given = torch.zeros(B, len(rows), H + W, dtype=torch.bool)
+        agent_given[:, :, :H] = True
+        agent_clean = agents.clone()
+        if given is not None:  # (mask [B, A, W], values [B, A, W, C]) of inpainted rows
+            mask, values = given
+            agent_given[:, :, H:] |= mask[:, rows]
+            agent_clean[:, :, H:] = torch.where(mask[:, rows, :, None], values[:, rows], agent_clean[:, :, H:])
+        is_av = torch.stack([s.meta.is_av[rows] for s in scenes])
+        first = scenes[0]
+        t = first.step
+        lights_all = torch.cat([ctx_lights, lights_future], dim=2)[:, slots]
+        light_given = torch.zeros(B, len(slots), H + W, dtype=torch.bool)
+        light_given[:, :, :H] = True
+        known_future = torch.ones(B, len(slots), W, dtype=torch.bool)
+        if not self.options.model_lights:
+            light_given[:] = True
+        light_valid = torch.cat([ctx_known[:, slots], known_future], dim=2)
+        signal = first.lights.signal_id[slots, t].long()
+        stops = first.lights.index_axis("S", slots)
+        cond = light_condition(stops.stop_x[:, t].double()[None], stops.stop_y[:, t].double()[None],
+                               self.context.approach_heading[signal].double()[None], pose)
+        feats, map_valid = map_features(self.context.bank, pose)
+        levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, W)], dim=1)
+        inp = DenoiserInput(
+            agents=agents, agent_given=agent_given, agent_clean=agent_clean,
+            agent_mask=torch.ones(B, len(rows), dtype=torch.bool), is_av=is_av,
+            lights=lights_all, light_given=light_given, light_clean=lights_all, light_cond=cond,
+            light_valid=light_valid, light_mask=torch.ones(B, len(slots), dtype=torch.bool),
+            map_features=feats, map_valid=map_valid, noise_level=levels, frame_offsets=self.offsets)
+        lanes = feats[..., :4].reshape(B, -1, 4)
+        lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(B, -1)
+        return inp, lanes, lane_valid
+
+    # --- one denoiser call --------------------------------------------------------
+    @torch.no_grad()
+    def _denoise(self, scenes, pose, carry: Carry, window_agents, window_lights, levels_future, rows, slots,
+                 given=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x̂_0 and ε̂ of the future frames of ``rows`` and ``slots`` after 𝒞. Returns
+        (agents x̂_0, agents ε̂, lights x̂_0, lights ε̂)."""
+        inp, lanes, lane_valid = self._input(scenes, pose, window_agents, window_lights, levels_future, rows,
+                                             slots, given)
+        v_agents, v_lights = self.model.denoiser(inp)
+        carry.calls += 1
+        H = len(HISTORY_OFFSETS)
+        B = len(scenes)
+        levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, -1)], dim=1)
+        x0, eps = predict_clean(inp.agents, v_agents, levels)
+        l0, leps = predict_clean(inp.lights, v_lights, levels)
+        x0, eps, l0, leps = x0[:, :, H:], eps[:, :, H:], l0[:, :, H:], leps[:, :, H:]
+        x0 = self._constrain(x0, pose, rows, scenes, lanes, lane_valid, given)
+        if not self.options.model_lights:
+            l0 = inp.light_clean[:, :, H:]
+        return x0, eps, l0, leps
+
+    def _constrain(self, x0, pose, rows, scenes, lanes, lane_valid, given) -> torch.Tensor:
+        x0 = C.soft_clip(x0)
+        if not self.options.spawn:
+            x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
+        if self.on_road is not None:
+            x0 = self.on_road.project(x0, pose, lanes, lane_valid)
+        if given is not None:
+            mask, values = given
+            x0 = C.inpaint(x0, mask[:, rows], values[:, rows])
+        return x0
+
+    # --- loops ------------------------------------------------------------------------
+    def start(self, scenes: list[SceneState], generator: torch.Generator, given=None) -> Carry:
+        """Warm-up (amortized, step 1 of the docstring) or an empty plan (full)."""
+        B, A, S = len(scenes), scenes[0].num_agents, scenes[0].lights.num_slots
+        W = self.model.future
+        pose = self._pose(scenes)
+        carry = Carry(agents=torch.randn(B, A, W, AGENT_CHANNELS, generator=generator),
+                      lights=torch.randn(B, S, W, LIGHT_CHANNELS, generator=generator), pose=pose,
+                      next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1)
+        if self.options.kind == "amortized":
+            x0, l0 = self._full_denoise(scenes, carry, generator, given)
+            carry.agents = _renoise(carry.agents, x0, self.levels, generator)
+            carry.lights = _renoise(carry.lights, l0, self.levels, generator)
+        return carry
+
+    def _full_denoise(self, scenes, carry: Carry, generator, given=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K DDIM steps from pure noise over the whole window (constraints at each); clean agents and lights of
+        every row ``[B, A, W, C]`` (rows the model did not compute stay as they were)."""
+        pose = carry.pose
+        B, A, W, _ = carry.agents.shape
+        rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
+        slots = self._light_slots(scenes, pose)
+        agents = torch.randn(B, A, W, AGENT_CHANNELS, generator=generator)
+        lights = torch.randn(B, carry.lights.shape[1], W, LIGHT_CHANNELS, generator=generator)
+        self.scheduler.set_timesteps(self.options.full_steps)
+        timesteps = self.scheduler.timesteps.tolist()
+        for i, t in enumerate(timesteps):
+            level = level_of_timestep(t).expand(W)
+            nxt = level_of_timestep(timesteps[i + 1]).expand(W) if i + 1 < len(timesteps) else torch.zeros(W)
+            x0, eps, l0, leps = self._denoise(scenes, pose, carry, agents, lights, level, rows, slots, given)
+            agents[:, rows] = ddim_step(x0, eps, nxt[None].expand(B, W))
+            lights[:, slots] = ddim_step(l0, leps, nxt[None].expand(B, W))
+        return agents, lights
+
+    def step(self, scenes: list[SceneState], carry: Carry, generator: torch.Generator,
+             given=None) -> tuple[list[Action], Carry]:
+        """One simulation step: the next frame of every row the model drives, and the next light states."""
+        pose = self._pose(scenes)
+        B = len(scenes)
+        W = self.model.future
+        if self.options.kind == "amortized":
+            carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels)
+            carry.pose = pose
+            rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
+            slots = self._light_slots(scenes, pose)
+            x0, eps, l0, leps = self._denoise(scenes, pose, carry, carry.agents, carry.lights, self.levels, rows,
+                                              slots, given)
+            lower = (self.levels - 1 / W)[None].expand(B, W)
+            window = carry.agents.clone()
+            window[:, rows] = ddim_step(x0, eps, lower)
+            light_window = carry.lights.clone()
+            light_window[:, slots] = ddim_step(l0, leps, lower)
+            frame, light_frame, frame_pose = window[:, :, 0], light_window[:, :, 0], pose
+            carry.agents = torch.cat([window[:, :, 1:], torch.randn(*window.shape[:2], 1, AGENT_CHANNELS,
+                                                                     generator=generator)], dim=2)
+            carry.lights = torch.cat([light_window[:, :, 1:], torch.randn(*light_window.shape[:2], 1,
+                                                                           LIGHT_CHANNELS, generator=generator)], 2)
+        else:
+            if carry.plan is None or carry.plan_age >= self.options.replan_every:
+                carry.pose = pose
+                carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator, given)
+                carry.plan_age = 0
+            # the plan stays in the frame of the pose it was made at
+            frame, light_frame, frame_pose = (carry.plan[:, :, carry.plan_age],
+                                              carry.plan_lights[:, :, carry.plan_age], carry.pose)
+            carry.plan_age += 1
+            rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
+        if self.on_road is not None:
+            frame = self.on_road.enforce(frame, frame_pose)
+        if not self.options.spawn:
+            frame[..., VALID] = 1.0
+        actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], pose[b], carry)
+                   for b in range(B)]
+        return actions, carry
+
+    def _action(self, scene: SceneState, frame: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
+                frame_pose: torch.Tensor, av_pose: torch.Tensor, carry: Carry) -> Action:
+        """The executed frame (in the AV frame of ``frame_pose``) of one scene as an ``Action`` for its
+        controlled rows."""
+        t = scene.step
+        decoded = decode_agents(frame[:, None], frame_pose)
+        traj, meta = scene.traj, scene.meta
+        controlled = torch.zeros(scene.num_agents, dtype=torch.bool)
+        controlled[rows] = True
+        if not self.options.drive_av:
+            controlled &= ~meta.is_av
+        valid = decoded.valid[:, 0] & controlled
+        new = valid & ~traj.valid[:, max(0, t + HISTORY_OFFSETS[0]):t + 1].any(-1)  # a free row turned valid
+        object_id = meta.object_id.clone()
+        spawned = new.nonzero().flatten()
+        object_id[spawned] = torch.arange(carry.next_object_id, carry.next_object_id + len(spawned))
+        carry.next_object_id += len(spawned)
+        size = decoded.size[:, 0].float()
+        keep = ~new
+        light_state = scene.lights.state[:, t].clone()
+        if scene.lights.num_slots:
+            slots = self._light_slots([scene], av_pose[None])
+            light_state[slots] = decode_light_states(light_frame[slots])
+            if not self.options.model_lights:
+                light_state = scene.lights.state[:, t]
+        return Action(
+            x=decoded.x[:, 0].float(), y=decoded.y[:, 0].float(), heading=decoded.heading[:, 0].float(),
+            valid=valid, controlled=controlled,
+            length=torch.where(keep, traj.length[:, t], size[:, 0]),
+            width=torch.where(keep, traj.width[:, t], size[:, 1]),
+            height=torch.where(keep, traj.height[:, t], size[:, 2]),
+            agent_type=torch.where(keep, meta.agent_type, decoded.agent_type[:, 0]),
+            object_id=object_id, light_state=light_state)
+
+
+def _fixed_rows(scenes: list[SceneState]) -> torch.Tensor:
+    """Rows valid at the scenes' first recorded last-history step: the WOSAC protocol's simulated agents."""
+    valid = torch.stack([s.traj.valid[:, s.step] for s in scenes]).any(0)
+    return valid.nonzero().flatten()
+
+
+def _renoise(window: torch.Tensor, x0: torch.Tensor, levels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Frame k of clean ``x0 [B, E, W, C]`` noised to ``levels[k]`` with fresh noise."""
+    noise = torch.randn(x0.shape, generator=generator)
+    return add_noise(x0, noise, levels[None].expand(x0.shape[0], -1))
+
+
+def _reanchor(window: torch.Tensor, old: torch.Tensor, new: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Move a (noisy) window ``[B, A, W, C]`` at frame ``levels [W]`` from the AV frame ``old`` to ``new``
+    (``[B, 3]`` world poses): rotate positions and heading vectors, shift positions by ``sqrt(ᾱ) d``."""
+    dh = (new[:, 2] - old[:, 2]).float()  # [B]
+    cos, sin = torch.cos(dh)[:, None, None], torch.sin(dh)[:, None, None]
+    # old local -> world -> new local, for the clean part: p_new = R(-h_new) (R(h_old) p_old + c_old - c_new)
+    dx, dy = (old[:, 0] - new[:, 0]), (old[:, 1] - new[:, 1])
+    ch, sh = torch.cos(new[:, 2]), torch.sin(new[:, 2])
+    shift_x = ((dx * ch + dy * sh) / POS_SCALE_M).float()[:, None, None]
+    shift_y = ((-dx * sh + dy * ch) / POS_SCALE_M).float()[:, None, None]
+    a = alpha_bar(levels).sqrt()[None, None]  # [1, 1, W]
+    out = window.clone()
+    x, y = window[..., X], window[..., Y]
+    out[..., X] = cos * x + sin * y + a * shift_x
+    out[..., Y] = -sin * x + cos * y + a * shift_y
+    s, c = window[..., SIN], window[..., COS]
+    out[..., SIN] = cos * s - sin * c
+    out[..., COS] = sin * s + cos * c
+    return out
+

@@ -1,0 +1,195 @@
+"""Training the world model (Lightning): mixed tasks through noise levels and inpainting masks.
+
+``corrupt`` turns a clean batch (``simgen.world.data``) into the denoiser's
+input and its v-prediction targets. Per example it draws one task:
+
+| task | share | noise levels τ (future frames) | given |
+|---|---|---|---|
+| uniform | 0.35 | one τ ~ U(0, 1] for the window | context frames |
+| amortized | 0.40 | rising: frame k of W gets ``(k - 1 + u) / W``, u ~ U(0, 1] | context frames |
+| per-frame | 0.15 | independent U(0, 1], sorted to rise | context frames |
+| initialize | 0.10 | one τ for *every* frame, context included | random agents (p 0.2) |
+
+On top, the AV's whole clip is given with probability 0.5 (inpainting the
+AV's plan) and the lights' whole clip with probability 0.2 (SUMO's signal
+programs driving the lights). Given tokens enter clean (``agent_clean``) and
+are not supervised.
+
+Loss (SceneDiffuser++): the validity channel is supervised at every
+non-given token of a real slot; the other agent channels only where the
+agent is valid; light states where the slot's state is known. MSE on v.
+
+    simgen train world --corpus data/world-corpus --out runs/world --steps 20000
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from simgen.world.data import ClipDataset, collate
+from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
+from simgen.world.diffusion import add_noise, v_target
+from simgen.world.tokenizer import HISTORY_OFFSETS, VALID
+
+TASK_SHARES = {"uniform": 0.35, "amortized": 0.40, "per_frame": 0.15, "initialize": 0.10}
+AV_GIVEN_P = 0.5
+LIGHTS_GIVEN_P = 0.2
+AGENT_GIVEN_P = 0.2  # in the initialize task
+DEFAULT_FUTURE = 16  # W: future frames in the window (1.6 s)
+
+
+def frame_offsets(future: int) -> torch.Tensor:
+    return torch.tensor([*HISTORY_OFFSETS, *range(1, future + 1)])
+
+
+def noise_levels(batch_size: int, future: int, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example task (index into ``TASK_SHARES``) ``[B]`` and frame levels ``[B, H + W]`` (table above)."""
+    H = len(HISTORY_OFFSETS)
+    shares = torch.tensor(list(TASK_SHARES.values()))
+    task = torch.multinomial(shares, batch_size, replacement=True, generator=generator)
+    u = 1 - torch.rand(batch_size, 1, generator=generator)  # (0, 1]
+    k = torch.arange(1, future + 1)
+    uniform = u.expand(batch_size, future)
+    rising = ((k - 1 + u) / future)
+    per_frame = (1 - torch.rand(batch_size, future, generator=generator)).sort(-1).values
+    future_levels = torch.stack([uniform, rising, per_frame, uniform])[task, torch.arange(batch_size)]
+    context = torch.where(task[:, None] == 3, u, 0.0).expand(batch_size, H)
+    return task, torch.cat([context, future_levels], dim=1)
+
+
+def corrupt(batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+            ) -> tuple[DenoiserInput, dict[str, torch.Tensor]]:
+    """Clean batch -> (denoiser input, targets and loss masks). See the module docstring."""
+    agents, lights = batch["agents"], batch["lights"]
+    B, A, T, _ = agents.shape
+    H = len(HISTORY_OFFSETS)
+    task, level = noise_levels(B, T - H, generator)
+    initialize = task == 3
+    context = torch.arange(T) < H  # [T]
+    given_frames = context[None] & ~initialize[:, None]  # [B, T]
+    av_given = torch.rand(B, generator=generator) < AV_GIVEN_P
+    agent_given = (given_frames[:, None] | (batch["is_av"] & av_given[:, None])[..., None]
+                   | ((torch.rand(B, A, generator=generator) < AGENT_GIVEN_P) & initialize[:, None])[..., None])
+    agent_given = agent_given & batch["agent_mask"][..., None]
+    lights_given = torch.rand(B, generator=generator) < LIGHTS_GIVEN_P
+    light_given = (given_frames | lights_given[:, None])[:, None].expand(-1, lights.shape[1], -1)
+    light_given = light_given & batch["light_mask"][..., None]
+
+    agent_noise = torch.randn(agents.shape, generator=generator)
+    light_noise = torch.randn(lights.shape, generator=generator)
+    inp = DenoiserInput(
+        agents=add_noise(agents, agent_noise, level), agent_given=agent_given, agent_clean=agents,
+        agent_mask=batch["agent_mask"], is_av=batch["is_av"],
+        lights=add_noise(lights, light_noise, level), light_given=light_given, light_clean=lights,
+        light_cond=batch["light_cond"], light_valid=batch["light_valid"], light_mask=batch["light_mask"],
+        map_features=batch["map_features"], map_valid=batch["map_valid"], noise_level=level,
+        frame_offsets=frame_offsets(T - H))
+    noisy = (level > 0)[:, None]  # [B, 1, T]
+    agent_loss = batch["agent_mask"][..., None] & ~agent_given & noisy  # [B, A, T]
+    channel_mask = agent_loss[..., None] & torch.ones(agents.shape[-1], dtype=torch.bool)
+    channel_mask[..., VALID + 1:] &= (agents[..., VALID] > 0)[..., None]
+    targets = {
+        "agents": v_target(agents, agent_noise, level), "agent_loss": channel_mask,
+        "lights": v_target(lights, light_noise, level),
+        "light_loss": batch["light_mask"][..., None] & ~light_given & noisy & batch["light_valid"],
+    }
+    return inp, targets
+
+
+def loss_terms(denoiser: Denoiser, batch: dict[str, torch.Tensor],
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """``{"loss", "agents", "validity", "lights"}``: masked MSE on v (module docstring)."""
+    inp, tgt = corrupt(batch, generator)
+    agent_v, light_v = denoiser(inp)
+    err = (agent_v - tgt["agents"]).square()
+    mask = tgt["agent_loss"]
+    agent_loss = (err * mask).sum() / mask.sum().clamp_min(1)
+    validity = (err[..., VALID] * mask[..., VALID]).sum() / mask[..., VALID].sum().clamp_min(1)
+    light_mask = tgt["light_loss"][..., None].expand_as(light_v)
+    light_loss = ((light_v - tgt["lights"]).square() * light_mask).sum() / light_mask.sum().clamp_min(1)
+    return {"loss": agent_loss + 0.5 * light_loss, "agents": agent_loss, "validity": validity, "lights": light_loss}
+
+
+class WorldModule(L.LightningModule):
+    """The denoiser with its loss and AdamW + cosine decay; checkpoints hold ``config`` and ``future``."""
+
+    def __init__(self, config: dict, future: int, lr: float, total_steps: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.denoiser = Denoiser(DenoiserConfig(**config))
+
+    def training_step(self, batch: dict[str, torch.Tensor], _index: int) -> torch.Tensor:
+        terms = loss_terms(self.denoiser, batch)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch["agents"]))
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], index: int) -> None:
+        terms = loss_terms(self.denoiser, batch, torch.Generator().manual_seed(index))
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch["agents"]))
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=self.hparams.total_steps,
+                                                    pct_start=0.02, anneal_strategy="cos")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int = 32, future: int = DEFAULT_FUTURE,
+                config: DenoiserConfig | None = None, lr: float = 3e-4, seed: int = 0,
+                val_every: int = 500, resume: bool = True, progress: bool = True) -> Path:
+    """Train (or resume) a world model on ``log_dirs``; checkpoints in ``out``. Returns the best checkpoint."""
+    config = config or DenoiserConfig()
+    L.seed_everything(seed, workers=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set = ClipDataset(log_dirs, future, "train")
+    val_set = ClipDataset(log_dirs, future, "val")
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                         generator=generator, drop_last=True)
+    val_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(val_set, torch.randperm(len(val_set), generator=torch.Generator().manual_seed(1))
+                                [:8 * batch_size].tolist()),
+        batch_size=batch_size, collate_fn=collate)
+    module = WorldModule(config=asdict(config), future=future, lr=lr, total_steps=steps)
+    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/loss", save_last=True)
+    trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, val_check_interval=val_every,
+                        check_val_every_n_epoch=None, callbacks=[best], default_root_dir=out,
+                        enable_progress_bar=progress, log_every_n_steps=50, num_sanity_val_steps=0,
+                        gradient_clip_val=1.0)
+    last = out / "last.ckpt"
+    tic = time.perf_counter()
+    trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    info = {"log_dirs": [str(d) for d in log_dirs], "train_clips": len(train_set), "val_clips": len(val_set),
+            "steps": steps, "batch_size": batch_size, "future": future, "config": asdict(config), "lr": lr,
+            "seed": seed, "wall_s_this_run": time.perf_counter() - tic, "best": str(best.best_model_path),
+            "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None}
+    (out / "train.json").write_text(json.dumps(info, indent=2))
+    return Path(best.best_model_path or last)
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> str:
+    """A Lightning checkpoint -> ``out`` (``world.pt``: denoiser weights and config, no optimizer state) and
+    ``out`` with suffix ``.sha256``. Returns the SHA-256 of ``out``."""
+    import hashlib
+    import io
+
+    module = WorldModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    config = {"denoiser": module.hparams.config, "future": module.hparams.future}
+    buffer = io.BytesIO()
+    state = {k: v.contiguous() for k, v in module.denoiser.state_dict().items()}
+    torch.save({"config": json.dumps(config, sort_keys=True), "state_dict": state}, buffer)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    out.with_suffix(".sha256").write_text(f"{digest}  {out.name}\n")
+    return digest
