@@ -38,7 +38,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from simgen.renderers.scene3d import REFLECTIVITY, Frame
+from simgen.renderers.scene3d import PALETTE, REFLECTIVITY, Frame
 
 from simgen.types.sensors import LidarSpec, dot_rows, turn_about_z, world_from_sensor
 
@@ -113,3 +113,17 @@ def lidar_sweep(frame: Frame, spec: LidarSpec, av_pose: np.ndarray, *, seed: int
         instance=frame.attribute(hits, "instance")[index],
         row=(index // columns).astype(np.int16), col=(index % columns).astype(np.int16),
     )
+
+
+def bev_image(sweep: LidarSweep, width: int, height: int, half_height_m: float = 50.0) -> np.ndarray:
+    """``[height, width, 3]`` uint8 top view of a sweep in the lidar frame: forward is up, left is left,
+    ``half_height_m`` from the centre to the top edge, points coloured by semantic class."""
+    px_per_m = height / (2 * half_height_m)
+    cols = (width / 2 - sweep.xyz[:, 1] * px_per_m).astype(int)
+    rows = (height / 2 - sweep.xyz[:, 0] * px_per_m).astype(int)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    order = np.argsort(sweep.xyz[inside, 2], kind="stable")  # higher points drawn last
+    image = np.full((height, width, 3), 20, np.uint8)
+    image[rows[inside][order], cols[inside][order]] = PALETTE[sweep.semantic[inside][order]]
+    image[height // 2 - 2:height // 2 + 3, width // 2 - 2:width // 2 + 3] = (235, 50, 210)  # the AV
+    return image

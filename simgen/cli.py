@@ -33,9 +33,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from simgen.io import FormatError
     from simgen.maps import MapError
     from simgen.metrics.evaluate import EvalError
+    from simgen.renderers.render import RenderError
+    from simgen.renderers.rig import RigError
     from simgen.scenario import ScenarioError
 
-    return ScenarioError, MapError, FormatError, EvalError, FileNotFoundError, FileExistsError
+    return ScenarioError, MapError, FormatError, EvalError, RenderError, RigError, FileNotFoundError, FileExistsError
 
 
 def user_errors(fn):
@@ -94,6 +96,14 @@ def rollout(
                              size=scenario.outputs.video_size, view_radius_m=scenario.outputs.view_radius_m,
                              progress=True)
             timings["render_s"] = time.perf_counter() - t0
+        if scenario.sensors is not None:
+            from simgen.renderers.render import options_from_scenario, render_state
+
+            t0 = time.perf_counter()
+            (tmp / "sensors").mkdir()
+            render_state(source.roadmap, result.state, tmp / "sensors", options_from_scenario(scenario),
+                         progress=True)
+            timings["sensors_s"] = time.perf_counter() - t0
         summary = {
             "seed": scenario.seed, "steps": info["steps"], "dt_s": 0.1, "world": scenario.world,
             "av_policy": scenario.av.policy, "map": scenario.map, "map_attribution": source.attribution,
@@ -202,6 +212,41 @@ def eval_cmd(
         gap = "–" if row["gap_closed"] is None else f"{row['gap_closed']:.3f}"
         summary.add_row(name, f"{row['meta_metric']:.3f}", gap, f"{row['seconds_per_scene']:.2f}")
     Console().print(summary)
+
+
+@app.command()
+@user_errors
+def render(
+    rollout_dir: Path = typer.Argument(..., help="a `simgen rollout` output folder"),
+    out: Path = typer.Option(..., help="output folder: frames/NNNNN/..., sensors.mp4, summary.json"),
+    sensors: str = typer.Option("lidar,cameras", help="comma-separated: lidar, cameras"),
+    weather: str = typer.Option("clear", help="clear | rain | fog"),
+    time_of_day: str = typer.Option("12:00", help="local solar time HH:MM (night from about 21:00 to 04:00)"),
+    frames: str = typer.Option(":", help="steps A:B of the rollout (end excluded), A:, :B, or one step K"),
+    workers: int = typer.Option(1, help="parallel processes, one frame at a time each"),
+    rig: str = typer.Option("default", help="sensor rig: a bundled name or a rig YAML (see scenarios/README.md)"),
+    seed: int = typer.Option(0, help="seeds lidar ray drop and noise and rain streaks"),
+):
+    """Render lidar range images and point clouds and surround-camera images for a rollout.
+
+    Per frame: camera PNGs, depth/semantic/instance arrays, intrinsics and poses, lidar range image and
+    points, actor boxes with instance ids, and a contact sheet; plus sensors.mp4 and summary.json
+    (layout in docs/FORMATS.md).
+
+    Examples:
+
+      simgen render outputs/grid --out outputs/grid-sensors --frames 0:50 --workers 2
+
+      simgen render outputs/grid --out outputs/grid-night --weather rain --time-of-day 22:00 --sensors cameras
+    """
+    from simgen.renderers.render import RenderOptions, render_rollout
+
+    options = RenderOptions(sensors=tuple(s.strip() for s in sensors.split(",") if s.strip()), weather=weather,
+                            time_of_day=time_of_day, frames=frames, workers=workers, rig=rig, seed=seed)
+    summary = render_rollout(rollout_dir, out, options, progress=True)
+    timings = summary["timings"]
+    Console().print(f"{summary['num_frames']} frames -> {out} ({timings['frames_per_s']:.2f} frames/s, "
+                    f"{summary['workers']} workers)")
 
 
 def main() -> None:  # pragma: no cover

@@ -29,8 +29,10 @@ class FormatError(ValueError):
 
 # --- deterministic npz -----------------------------------------------------
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an uncompressed-header, deflated npz with fixed timestamps."""
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compresslevel: int | None = None) -> None:
+    """Write ``arrays`` as an uncompressed-header, deflated npz with fixed timestamps.
+
+    ``compresslevel`` (zlib 1-9, default 6) trades size for speed: sensor frames use 1."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key in sorted(arrays):
             buf = io.BytesIO()
@@ -38,7 +40,7 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+            zf.writestr(info, buf.getvalue(), compresslevel=compresslevel)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -61,6 +61,16 @@ class Outputs(_Strict):
     view_radius_m: float = Field(60.0, gt=0, description="BEV half-width around the AV, m")
 
 
+class Sensors(_Strict):
+    rig: str = Field("default", description="sensor rig: a bundled name (default) or a rig YAML path")
+    lidar: bool = Field(True, description="sweep the rig's lidars")
+    cameras: bool = Field(True, description="render the rig's cameras")
+    weather: Literal["clear", "rain", "fog"] = Field("clear", description="camera shading only")
+    time_of_day: str = Field("12:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$", description="local solar time, HH:MM")
+    frames: str = Field(":", description="steps A:B of the rollout to render (end excluded), A:, :B or K")
+    workers: int = Field(1, ge=1, le=64, description="parallel render processes")
+
+
 WorldName = Literal["log_replay", "constant_velocity", "idm", "sumo"]
 
 
@@ -74,6 +84,7 @@ class Scenario(_Strict):
     traffic: Traffic = Field(default_factory=Traffic)
     scene: SceneConfig = Field(default_factory=SceneConfig)
     outputs: Outputs = Field(default_factory=Outputs)
+    sensors: Sensors | None = Field(None, description="render lidar and cameras into OUT/sensors (see simgen render)")
 
     @property
     def steps(self) -> int:
