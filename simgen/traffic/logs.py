@@ -170,7 +170,15 @@ def run_log_worker(job: LogJob, on_item: Callable[[], None] | None = None) -> di
     """One SUMO run: ``job.scenes`` windows and, with ``job.trip_steps``, one trip. Files go to ``job.workdir``.
 
     Each finished window or trip calls ``on_item`` (in-process) or is put on the pool's progress queue.
+    SUMO's own errors come back as RuntimeError naming the worker (libsumo's cannot cross processes).
     """
+    try:
+        return _run_log_worker(job, on_item)
+    except libsumo.TraCIException as err:
+        raise RuntimeError(f"SUMO worker {job.worker} (seed {job.seed}): {err}") from None
+
+
+def _run_log_worker(job: LogJob, on_item: Callable[[], None] | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     advance = on_item or (lambda: _progress_queue.put(1))
     roadmap = load_map(job.map_file)

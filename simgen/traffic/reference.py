@@ -80,7 +80,10 @@ def choose_av_route(roadmap: RoadMap, rng: np.random.Generator, min_length_m: fl
     best_length, best_edges = 0.0, []
     for s in starts:
         for target in np.argsort(-np.hypot(*(start_xy - end_xy[s]).T), kind="stable")[:num_targets]:
-            route = libsumo.simulation.findRoute(names[s], names[target], vType=AV_TYPE)
+            try:
+                route = libsumo.simulation.findRoute(names[s], names[target], vType=AV_TYPE)
+            except libsumo.TraCIException:  # e.g. a bus- or tram-only start edge the AV may not depart on
+                break
             if route.edges:
                 if route.length > best_length:
                     best_length, best_edges = route.length, list(route.edges)

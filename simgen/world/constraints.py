@@ -15,9 +15,10 @@ layout, AV frame of ``pose [B, 3]``) for the F future frames and return new ones
    centreline (bisection on the blend: the smallest move that brings all four
    corners inside, heading blended toward the lane's); the displacement is
    spread to the neighbouring frames with weights ``exp(-|Δk| / SPREAD_FRAMES)``
-   so the whole trajectory moves. ``OnRoad.enforce`` is the executed-frame
-   check: a vehicle still outside after projection is removed (invalid), so
-   the constraint holds in every executed frame.
+   so the whole trajectory moves. ``OnRoad.outside_boxes`` is the exact
+   executed-frame check (``WorldSampler``): a vehicle still outside after
+   projection holds its previous pose (or, if it just appeared, is not
+   spawned), so the constraint holds in every executed frame.
 """
 
 from __future__ import annotations
@@ -144,13 +145,11 @@ class OnRoad:
         correction = torch.where(off[..., None], moved, share * vehicle[..., None])
         return x0 + correction
 
-    def enforce(self, frame: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        """``frame [B, A, C]`` (one executed frame): vehicles still outside become invalid."""
-        outside = self.outside(frame[:, :, None], pose, exact=True)[:, :, 0] > 0
-        bad = outside & is_vehicle(frame[:, :, None])[:, :, 0]
-        out = frame.clone()
-        out[..., VALID] = torch.where(bad, -1.0, frame[..., VALID])
-        return out
+    def outside_boxes(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,
+                      width: torch.Tensor) -> torch.Tensor:
+        """Exact largest corner distance outside the road edge (m) of world-frame boxes ``[N]``."""
+        corners = box_corners(x.double(), y.double(), heading.double(), length.double() / 2, width.double() / 2)
+        return signed_distance_to_rings(corners.reshape(-1, 2), self.a, self.b).reshape(-1, 4).amax(-1)
 
 
 def _corners_world(x0: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
@@ -159,10 +158,15 @@ def _corners_world(x0: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
     heading = torch.atan2(x0[..., SIN], x0[..., COS]).double()
     x, y, h = to_world(lx, ly, heading, pose.double())
     size = (x0[..., SIZE].double() * SIZE_SCALE_M.double() + SIZE_MEAN_M.double()).clamp_min(0.2)
-    half_l, half_w = size[..., 0:1] / 2, size[..., 1:2] / 2
-    along = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64) * half_l
-    across = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64) * half_w
-    cos, sin = torch.cos(h)[..., None], torch.sin(h)[..., None]
+    return box_corners(x, y, h, size[..., 0] / 2, size[..., 1] / 2)
+
+
+def box_corners(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, half_length: torch.Tensor,
+                half_width: torch.Tensor) -> torch.Tensor:
+    """``[.., 4, 2]`` corners (m) of boxes ``[..]`` (centre, heading, half sizes)."""
+    along = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=x.dtype) * half_length[..., None]
+    across = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=x.dtype) * half_width[..., None]
+    cos, sin = torch.cos(heading)[..., None], torch.sin(heading)[..., None]
     return torch.stack([x[..., None] + along * cos - across * sin, y[..., None] + along * sin + across * cos], -1)
 
 

@@ -134,8 +134,9 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class ClipDataset(Dataset):
     """Every (scene window or trip, current step) of the given LOG_DIRs whose AV is valid over the whole clip.
 
-    ``split``: ``"train"`` or ``"val"``; items (windows and trips) with
-    ``index % VAL_EVERY == VAL_EVERY - 1`` of each LOG_DIR are validation.
+    ``split``: ``"train"`` or ``"val"``; items (windows, then trips) with
+    ``index % VAL_EVERY == VAL_EVERY - 1`` of each LOG_DIR are validation (the
+    last item where a LOG_DIR has fewer than ``VAL_EVERY``).
     """
 
     VAL_EVERY = 20
@@ -153,7 +154,9 @@ class ClipDataset(Dataset):
             scenes = [logs.scene(i) for i in range(len(logs))]
             scenes += [logs.trip(i) for i in range(len(logs.trip_entries))]
             for k, scene in enumerate(scenes):
-                if (k % self.VAL_EVERY == self.VAL_EVERY - 1) != (split == "val"):
+                is_val = k % self.VAL_EVERY == self.VAL_EVERY - 1 or (len(scenes) < self.VAL_EVERY
+                                                                       and k == len(scenes) - 1)
+                if is_val != (split == "val"):
                     continue
                 currents = self.valid_currents(scene)
                 if len(currents):

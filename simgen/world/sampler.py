@@ -68,7 +68,7 @@ from typing import Literal
 
 import torch
 
-from simgen.types import Action, LightState, RoadMap, SceneState
+from simgen.types import Action, AgentType, LightState, RoadMap, SceneState
 from simgen.world import constraints as C
 from simgen.world.data import MAX_LIGHTS, SPARE_SLOTS, MapContext
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
@@ -152,6 +152,18 @@ class Carry:
 
 
 @dataclass(frozen=True)
+class FixedAgents:
+    """User-fixed agents: scene ``rows [K]`` follow these world-frame trajectories ``[K, T]`` (scene steps;
+    m, rad) exactly wherever ``valid``; the model plans everyone else around them."""
+
+    rows: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    heading: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass(frozen=True)
 class SamplerOptions:
     kind: SamplerKind = "amortized"
     full_steps: int = FULL_STEPS  # K
@@ -165,9 +177,11 @@ class SamplerOptions:
 class WorldSampler:
     """Runs the loops of the module docstring for one map."""
 
-    def __init__(self, model: WorldModel, roadmap: RoadMap, options: SamplerOptions = SamplerOptions(),
-                 context: MapContext | None = None):
+    def __init__(self, model: WorldModel, roadmap: RoadMap, options: SamplerOptions | None = None,
+                 context: MapContext | None = None, fixed: FixedAgents | None = None):
+        options = options or SamplerOptions()
         self.model = model
+        self.fixed = fixed
         self.roadmap = roadmap
         self.options = options
         self.context = context or MapContext.of(roadmap)
@@ -218,7 +232,7 @@ class WorldSampler:
         return torch.argsort(d, stable=True)[:MAX_LIGHTS].sort().values
 
     def _input(self, scenes, pose, agents_future, lights_future, levels_future, rows, slots,
-               given=None) -> tuple[DenoiserInput, torch.Tensor, torch.Tensor]:
+               given) -> tuple[DenoiserInput, torch.Tensor, torch.Tensor]:
         """Assemble the denoiser input over ``rows`` and light ``slots``; also returns the lane points for
         on-road projection ``[B, N, 4]`` and their mask."""
         ctx_agents, ctx_lights, ctx_known = self._context(scenes, pose)
@@ -259,12 +273,34 @@ class WorldSampler:
         lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(B, -1)
         return inp, lanes, lane_valid
 
+    def _given(self, scenes: list[SceneState], pose: torch.Tensor, num_rows: int):
+        """Inpainted future tokens: (mask ``[B, A, W]``, values ``[B, A, W, C]``) of the fixed agents, or None."""
+        if self.fixed is None:
+            return None
+        f = self.fixed
+        B, W, t = len(scenes), self.model.future, scenes[0].step
+        steps = torch.arange(t + 1, t + W + 1).clamp_max(f.x.shape[1] - 1)
+        inside = torch.arange(t + 1, t + W + 1) < f.x.shape[1]
+        types = scenes[0].meta.agent_type[f.rows]
+        traj = scenes[0].traj
+        size = torch.stack([traj.length[f.rows, t], traj.width[f.rows, t], traj.height[f.rows, t]], -1)
+        valid = f.valid[:, steps] & inside
+        values = encode_agents(f.x[:, steps].double()[None], f.y[:, steps].double()[None],
+                               f.heading[:, steps].double()[None], size[None, :, None].expand(B, -1, W, 3), types,
+                               valid[None].expand(B, -1, -1), pose)
+        mask = torch.zeros(B, num_rows, W, dtype=torch.bool)
+        full = torch.zeros(B, num_rows, W, AGENT_CHANNELS)
+        mask[:, f.rows] = inside[None, None].expand(B, len(f.rows), W)
+        full[:, f.rows] = values
+        return mask, full
+
     # --- one denoiser call --------------------------------------------------------
     @torch.no_grad()
-    def _denoise(self, scenes, pose, carry: Carry, window_agents, window_lights, levels_future, rows, slots,
-                 given=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _denoise(self, scenes, pose, carry: Carry, window_agents, window_lights, levels_future, rows,
+                 slots) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x̂_0 and ε̂ of the future frames of ``rows`` and ``slots`` after 𝒞. Returns
         (agents x̂_0, agents ε̂, lights x̂_0, lights ε̂)."""
+        given = self._given(scenes, pose, window_agents.shape[1])
         inp, lanes, lane_valid = self._input(scenes, pose, window_agents, window_lights, levels_future, rows,
                                              slots, given)
         v_agents, v_lights = self.model.denoiser(inp)
@@ -292,7 +328,7 @@ class WorldSampler:
         return x0
 
     # --- loops ------------------------------------------------------------------------
-    def start(self, scenes: list[SceneState], generator: torch.Generator, given=None) -> Carry:
+    def start(self, scenes: list[SceneState], generator: torch.Generator) -> Carry:
         """Warm-up (amortized, step 1 of the docstring) or an empty plan (full)."""
         B, A, S = len(scenes), scenes[0].num_agents, scenes[0].lights.num_slots
         W = self.model.future
@@ -301,12 +337,12 @@ class WorldSampler:
                       lights=torch.randn(B, S, W, LIGHT_CHANNELS, generator=generator), pose=pose,
                       next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1)
         if self.options.kind == "amortized":
-            x0, l0 = self._full_denoise(scenes, carry, generator, given)
+            x0, l0 = self._full_denoise(scenes, carry, generator)
             carry.agents = _renoise(carry.agents, x0, self.levels, generator)
             carry.lights = _renoise(carry.lights, l0, self.levels, generator)
         return carry
 
-    def _full_denoise(self, scenes, carry: Carry, generator, given=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _full_denoise(self, scenes, carry: Carry, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """K DDIM steps from pure noise over the whole window (constraints at each); clean agents and lights of
         every row ``[B, A, W, C]`` (rows the model did not compute stay as they were)."""
         pose = carry.pose
@@ -320,13 +356,13 @@ class WorldSampler:
         for i, t in enumerate(timesteps):
             level = level_of_timestep(t).expand(W)
             nxt = level_of_timestep(timesteps[i + 1]).expand(W) if i + 1 < len(timesteps) else torch.zeros(W)
-            x0, eps, l0, leps = self._denoise(scenes, pose, carry, agents, lights, level, rows, slots, given)
+            x0, eps, l0, leps = self._denoise(scenes, pose, carry, agents, lights, level, rows, slots)
             agents[:, rows] = ddim_step(x0, eps, nxt[None].expand(B, W))
             lights[:, slots] = ddim_step(l0, leps, nxt[None].expand(B, W))
         return agents, lights
 
-    def step(self, scenes: list[SceneState], carry: Carry, generator: torch.Generator,
-             given=None) -> tuple[list[Action], Carry]:
+    def step(self, scenes: list[SceneState], carry: Carry, generator: torch.Generator
+             ) -> tuple[list[Action], Carry]:
         """One simulation step: the next frame of every row the model drives, and the next light states."""
         pose = self._pose(scenes)
         B = len(scenes)
@@ -337,7 +373,7 @@ class WorldSampler:
             rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
             slots = self._light_slots(scenes, pose)
             x0, eps, l0, leps = self._denoise(scenes, pose, carry, carry.agents, carry.lights, self.levels, rows,
-                                              slots, given)
+                                              slots)
             lower = (self.levels - 1 / W)[None].expand(B, W)
             window = carry.agents.clone()
             window[:, rows] = ddim_step(x0, eps, lower)
@@ -351,15 +387,13 @@ class WorldSampler:
         else:
             if carry.plan is None or carry.plan_age >= self.options.replan_every:
                 carry.pose = pose
-                carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator, given)
+                carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator)
                 carry.plan_age = 0
             # the plan stays in the frame of the pose it was made at
             frame, light_frame, frame_pose = (carry.plan[:, :, carry.plan_age],
                                               carry.plan_lights[:, :, carry.plan_age], carry.pose)
             carry.plan_age += 1
             rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
-        if self.on_road is not None:
-            frame = self.on_road.enforce(frame, frame_pose)
         if not self.options.spawn:
             frame[..., VALID] = 1.0
         actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], pose[b], carry)
@@ -385,20 +419,34 @@ class WorldSampler:
         carry.next_object_id += len(spawned)
         size = decoded.size[:, 0].float()
         keep = ~new
+        x, y, heading = decoded.x[:, 0].float(), decoded.y[:, 0].float(), decoded.heading[:, 0].float()
+        length = torch.where(keep, traj.length[:, t], size[:, 0])
+        width = torch.where(keep, traj.width[:, t], size[:, 1])
+        agent_type = torch.where(keep, meta.agent_type, decoded.agent_type[:, 0])
+        if self.fixed is not None and t + 1 < self.fixed.x.shape[1]:  # exactly as given
+            f = self.fixed
+            x[f.rows], y[f.rows] = f.x[:, t + 1].float(), f.y[:, t + 1].float()
+            heading[f.rows] = f.heading[:, t + 1].float()
+            valid[f.rows] = f.valid[:, t + 1]
+            controlled[f.rows] = True
+        if self.on_road is not None:  # executed-frame check: a vehicle still off the road holds its pose or leaves
+            stuck = valid & (agent_type == AgentType.VEHICLE) & (self.on_road.outside_boxes(x, y, heading, length,
+                                                                                           width) > 0)
+            if self.fixed is not None:
+                stuck[self.fixed.rows] = False
+            hold = stuck & traj.valid[:, t]
+            x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
+                                                                        (traj.heading, heading)))
+            valid = valid & ~(stuck & ~hold)
         light_state = scene.lights.state[:, t].clone()
         if scene.lights.num_slots:
             slots = self._light_slots([scene], av_pose[None])
             light_state[slots] = decode_light_states(light_frame[slots])
             if not self.options.model_lights:
                 light_state = scene.lights.state[:, t]
-        return Action(
-            x=decoded.x[:, 0].float(), y=decoded.y[:, 0].float(), heading=decoded.heading[:, 0].float(),
-            valid=valid, controlled=controlled,
-            length=torch.where(keep, traj.length[:, t], size[:, 0]),
-            width=torch.where(keep, traj.width[:, t], size[:, 1]),
-            height=torch.where(keep, traj.height[:, t], size[:, 2]),
-            agent_type=torch.where(keep, meta.agent_type, decoded.agent_type[:, 0]),
-            object_id=object_id, light_state=light_state)
+        return Action(x=x, y=y, heading=heading, valid=valid, controlled=controlled, length=length, width=width,
+                      height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
+                      object_id=object_id, light_state=light_state)
 
 
 def _fixed_rows(scenes: list[SceneState]) -> torch.Tensor:

@@ -10,7 +10,7 @@ input and its v-prediction targets. Per example it draws one task:
 | per-frame | 0.15 | independent U(0, 1], sorted to rise | context frames |
 | initialize | 0.10 | one τ for *every* frame, context included | random agents (p 0.2) |
 
-On top, the AV's whole clip is given with probability 0.5 (inpainting the
+On top, the AV's whole clip is given with probability 0.25 (inpainting the
 AV's plan) and the lights' whole clip with probability 0.2 (SUMO's signal
 programs driving the lights). Given tokens enter clean (``agent_clean``) and
 are not supervised.
@@ -39,7 +39,7 @@ from simgen.world.diffusion import add_noise, v_target
 from simgen.world.tokenizer import HISTORY_OFFSETS, VALID
 
 TASK_SHARES = {"uniform": 0.35, "amortized": 0.40, "per_frame": 0.15, "initialize": 0.10}
-AV_GIVEN_P = 0.5
+AV_GIVEN_P = 0.25
 LIGHTS_GIVEN_P = 0.2
 AGENT_GIVEN_P = 0.2  # in the initialize task
 DEFAULT_FUTURE = 16  # W: future frames in the window (1.6 s)

@@ -1,0 +1,149 @@
+"""Tokenizer round trips, the exact re-anchoring of noisy windows, the denoiser's masking and zero start, and
+that training lowers the loss."""
+
+import math
+
+import pytest
+import torch
+
+from simgen.io import load_logs
+from simgen.types import LightState
+from simgen.world.data import ClipDataset, MapContext, collate, make_example
+from simgen.world.denoiser import Denoiser, DenoiserConfig
+from simgen.world.diffusion import add_noise, alpha_bar
+from simgen.world.sampler import _reanchor
+from simgen.world.tokenizer import (
+    COS, HISTORY_OFFSETS, SIN, VALID, X, Y, decode_agents, decode_light_states, encode_agents,
+    encode_light_states,
+)
+from simgen.world.train import corrupt, loss_terms
+
+from .conftest import FUTURE, TINY
+
+
+def random_boxes(g, A=5, T=7):
+    x = torch.rand(A, T, generator=g, dtype=torch.float64) * 200 + 1000
+    y = torch.rand(A, T, generator=g, dtype=torch.float64) * 200 - 500
+    heading = (torch.rand(A, T, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+    size = torch.tensor([4.5, 1.9, 1.5]).expand(A, T, 3).clone()
+    size[1] = torch.tensor([0.6, 0.6, 1.7])
+    types = torch.tensor([1, 2, 3, 1, 1], dtype=torch.int8)[:A]
+    valid = torch.rand(A, T, generator=g) > 0.2
+    pose = torch.tensor([1100.0, -400.0, 0.7], dtype=torch.float64)
+    return x, y, heading, size, types, valid, pose
+
+
+def test_agents_round_trip_to_the_world_frame(generator):
+    x, y, heading, size, types, valid, pose = random_boxes(generator)
+    channels = encode_agents(x, y, heading, size, types, valid, pose)
+    assert channels.shape == (5, 7, 11)
+    assert (channels[..., 1:][~valid] == 0).all(), "features are zero where the agent is invalid"
+    back = decode_agents(channels, pose)
+    assert torch.equal(back.valid, valid)
+    v = valid
+    assert (back.x[v] - x[v]).abs().max() < 1e-4 and (back.y[v] - y[v]).abs().max() < 1e-4  # m
+    assert torch.remainder(back.heading[v] - heading[v] + math.pi, 2 * math.pi).sub(math.pi).abs().max() < 1e-5
+    assert torch.allclose(back.size[v], size[v], atol=1e-5)
+    assert torch.equal(back.agent_type[v], types[:, None].expand(5, 7)[v])
+
+
+def test_light_states_round_trip():
+    state = torch.tensor([[LightState.STOP, LightState.CAUTION, LightState.GO, LightState.UNKNOWN]], dtype=torch.int8)
+    channels = encode_light_states(state)
+    assert (channels[0, 3] == 0).all(), "unknown states encode as zeros"
+    assert torch.equal(decode_light_states(channels)[0, :3], state[0, :3])
+
+
+def test_reanchoring_a_noisy_window_is_exact(generator):
+    """Moving x_τ = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε to a new AV frame equals noising x0 in the new frame with the
+    rotated noise."""
+    x, y, heading, size, types, _, pose_a = random_boxes(generator, T=FUTURE)
+    valid = torch.ones(5, FUTURE, dtype=torch.bool)
+    pose_b = pose_a + torch.tensor([12.0, -3.0, 0.4], dtype=torch.float64)
+    levels = torch.arange(1, FUTURE + 1) / FUTURE
+    noise = torch.randn(1, 5, FUTURE, 11, generator=generator)
+    x_a = encode_agents(x, y, heading, size, types, valid, pose_a)[None]
+    x_b = encode_agents(x, y, heading, size, types, valid, pose_b)[None]
+    moved = _reanchor(add_noise(x_a, noise, levels[None]), pose_a[None], pose_b[None], levels)
+    dh = 0.4
+    rotated = noise.clone()
+    rotated[..., X] = math.cos(dh) * noise[..., X] + math.sin(dh) * noise[..., Y]
+    rotated[..., Y] = -math.sin(dh) * noise[..., X] + math.cos(dh) * noise[..., Y]
+    rotated[..., SIN] = math.cos(dh) * noise[..., SIN] - math.sin(dh) * noise[..., COS]
+    rotated[..., COS] = math.sin(dh) * noise[..., SIN] + math.cos(dh) * noise[..., COS]
+    expected = add_noise(x_b, rotated, levels[None])
+    assert torch.allclose(moved, expected, atol=2e-5)
+    assert alpha_bar(torch.tensor(0.0)) == 1.0
+
+
+@pytest.fixture(scope="module")
+def batch(world_logs):
+    logs = load_logs(world_logs)
+    context = MapContext.of(logs.roadmap())
+    trip = logs.trip(0)
+    return collate([make_example(trip, context, c, FUTURE) for c in (10, 40, 70)])
+
+
+def test_examples_put_the_av_first_at_the_origin(batch):
+    agents = batch["agents"]
+    H = len(HISTORY_OFFSETS)
+    assert batch["is_av"][:, 0].all()
+    assert torch.allclose(agents[:, 0, H - 1, X:Y + 1], torch.zeros(3, 2), atol=1e-6)
+    assert torch.allclose(agents[:, 0, H - 1, COS], torch.ones(3), atol=1e-6)
+    assert (agents[:, 0, :, VALID] == 1).all()
+
+
+def test_denoiser_starts_at_zero_and_ignores_padding(batch, generator):
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(**TINY))
+    inp, _ = corrupt(batch, generator)
+    agents_v, lights_v = model(inp)
+    assert agents_v.shape == batch["agents"].shape and (agents_v == 0).all(), "AdaLN-Zero heads start at zero"
+    for p in model.parameters():  # leave the zero start to test the masking of padded slots
+        p.data.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    out, _ = model(inp)
+    padded = inp.__class__(**{**inp.__dict__,
+                              "agents": torch.cat([inp.agents, torch.randn_like(inp.agents[:, :2])], 1),
+                              "agent_given": torch.cat([inp.agent_given, inp.agent_given[:, :2]], 1),
+                              "agent_clean": torch.cat([inp.agent_clean, inp.agent_clean[:, :2]], 1),
+                              "agent_mask": torch.cat([inp.agent_mask, torch.zeros_like(inp.agent_mask[:, :2])], 1),
+                              "is_av": torch.cat([inp.is_av, torch.zeros_like(inp.is_av[:, :2])], 1)})
+    out_padded, _ = model(padded)
+    A = inp.agents.shape[1]
+    real = inp.agent_mask
+    assert torch.allclose(out_padded[:, :A][real], out[real], atol=1e-5), "padding changed real slots' outputs"
+
+
+def test_corrupt_gives_clean_context_and_supervises_the_rest(batch, generator):
+    inp, targets = corrupt(batch, generator)
+    H = len(HISTORY_OFFSETS)
+    initialize = inp.noise_level[:, 0] > 0
+    context = ~initialize
+    assert (inp.noise_level[context, :H] == 0).all()
+    assert inp.agent_given[context][:, :, :H][batch["agent_mask"][context]].all()
+    assert not (targets["agent_loss"].any(-1) & inp.agent_given).any(), "given tokens are not supervised"
+    invalid = batch["agents"][..., VALID] < 0
+    assert not targets["agent_loss"][..., 1:][invalid].any(), "features of invalid tokens are not supervised"
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(batch):
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(**TINY))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        terms = loss_terms(model, batch, torch.Generator().manual_seed(7))
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_clip_dataset_splits_and_sizes(world_logs):
+    train = ClipDataset([world_logs], FUTURE, "train")
+    example = train[len(train) - 1]
+    assert example["agents"].shape[1] == len(HISTORY_OFFSETS) + FUTURE
+    with pytest.raises(ValueError, match="split"):
+        ClipDataset([world_logs], FUTURE, "test")

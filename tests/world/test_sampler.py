@@ -1,0 +1,112 @@
+"""Sampler contracts on a tiny seeded checkpoint: one denoiser call per step (amortized) against K (full),
+determinism, the WOSAC protocol's fixed rows, hard constraints in every executed frame, and checkpoint
+integrity."""
+
+import pytest
+import torch
+
+from simgen.agents import PolicyContext, make_policy
+from simgen.io import load_logs
+from simgen.sim.env import step as env_step
+from simgen.sim.rollout import mask_future
+from simgen.types import AgentType
+from simgen.world.constraints import OnRoad
+from simgen.world.sampler import CheckpointError, FixedAgents, SamplerOptions, WorldModel, WorldSampler
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def scene(world_logs):
+    logs = load_logs(world_logs)
+    return logs.roadmap(), logs.scene(0)
+
+
+def run(model, roadmap, start, options, steps=STEPS, seed=0, fixed=None, count=2):
+    sampler = WorldSampler(model, roadmap, options, fixed=fixed)
+    g = torch.Generator().manual_seed(seed)
+    scenes = [start] * count
+    carry = sampler.start(scenes, g)
+    calls = [carry.calls]
+    for _ in range(steps):
+        actions, carry = sampler.step(scenes, carry, g)
+        scenes = [env_step(s, [a]) for s, a in zip(scenes, actions)]
+        calls.append(carry.calls)
+    return scenes, calls
+
+
+def test_amortized_makes_one_call_per_step_and_full_makes_k(tiny_checkpoint, scene):
+    model = WorldModel.load(tiny_checkpoint)
+    roadmap, log = scene
+    start = mask_future(log)
+    _, amortized = run(model, roadmap, start, SamplerOptions(kind="amortized", full_steps=4, spawn=False,
+                                                              drive_av=True))
+    _, full = run(model, roadmap, start, SamplerOptions(kind="full", full_steps=4, spawn=False, drive_av=True))
+    assert amortized[0] == 4, "warm-up is one full denoise"
+    assert all(b - a == 1 for a, b in zip(amortized, amortized[1:]))
+    assert all(b - a == 4 for a, b in zip(full, full[1:]))
+
+
+def test_rollouts_are_deterministic_and_keep_the_protocol_rows(tiny_checkpoint, scene):
+    model = WorldModel.load(tiny_checkpoint)
+    roadmap, log = scene
+    options = SamplerOptions(spawn=False, drive_av=True)
+    a, _ = run(model, roadmap, mask_future(log), options, seed=3)
+    b, _ = run(model, roadmap, mask_future(log), options, seed=3)
+    c, _ = run(model, roadmap, mask_future(log), options, seed=4)
+    assert torch.equal(a[0].traj.x, b[0].traj.x) and torch.equal(a[1].traj.y, b[1].traj.y)
+    assert not torch.equal(a[0].traj.x, c[0].traj.x)
+    t0 = log.step
+    rows = log.traj.valid[:, t0]
+    for s in a:
+        assert s.traj.valid[rows, t0 + 1:t0 + STEPS + 1].all(), "every agent of the window is simulated"
+        assert not s.traj.valid[~rows, t0 + 1:].any(), "no agent is brought in"
+        assert torch.isfinite(s.traj.x[rows]).all()
+        assert torch.equal(s.traj.x[:, :t0 + 1], log.traj.x[:, :t0 + 1]), "history is untouched"
+
+
+def test_vehicles_stay_on_the_road_in_every_executed_frame(tiny_checkpoint, scene):
+    model = WorldModel.load(tiny_checkpoint)  # barely trained: it proposes off-road boxes all the time
+    roadmap, log = scene
+    scenes, _ = run(model, roadmap, mask_future(log), SamplerOptions(spawn=True, drive_av=False))
+    on_road = OnRoad(roadmap)
+    t0 = log.step
+    logged_off = on_road.outside_boxes(log.traj.x[:, t0], log.traj.y[:, t0], log.traj.heading[:, t0],
+                                       log.traj.length[:, t0], log.traj.width[:, t0]) > 0
+    for s in scenes:
+        for t in range(t0 + 1, t0 + STEPS + 1):
+            v = s.traj.valid[:, t] & (s.meta.agent_type == AgentType.VEHICLE) & ~logged_off
+            d = on_road.outside_boxes(s.traj.x[v, t], s.traj.y[v, t], s.traj.heading[v, t], s.traj.length[v, t],
+                                      s.traj.width[v, t])
+            assert (d <= 0).all(), f"vehicle off the road at step {t}: {d.max():.3f} m"
+
+
+def test_fixed_agents_follow_their_trajectories_exactly(tiny_checkpoint, scene):
+    model = WorldModel.load(tiny_checkpoint)
+    roadmap, log = scene
+    rows = torch.tensor([1])
+    fixed = FixedAgents(rows=rows, x=log.traj.x[rows] + 0.5, y=log.traj.y[rows], heading=log.traj.heading[rows],
+                        valid=log.traj.valid[rows])
+    scenes, _ = run(model, roadmap, mask_future(log), SamplerOptions(spawn=True, drive_av=False), fixed=fixed)
+    t0 = log.step
+    steps = slice(t0 + 1, t0 + STEPS + 1)
+    for s in scenes:
+        assert torch.equal(s.traj.x[1, steps], (log.traj.x[1, steps] + 0.5).float())
+        assert torch.equal(s.traj.y[1, steps], log.traj.y[1, steps])
+        assert torch.equal(s.traj.valid[1, steps], log.traj.valid[1, steps])
+
+
+def test_world_model_world_and_checkpoint_integrity(tiny_checkpoint, scene, tmp_path):
+    roadmap, log = scene
+    world = make_policy("world_model", PolicyContext(roadmap=roadmap, role="all", log=log),
+                        checkpoint=str(tiny_checkpoint))
+    out = world.rollouts(mask_future(log), 2, 3, torch.Generator().manual_seed(0))
+    assert len(out) == 2 and out[0].step == log.step + 3
+    bad = tmp_path / "world.pt"
+    bad.write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / "world.sha256").write_text("0" * 64 + "  world.pt\n")
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        WorldModel.load(bad)
+    with pytest.raises(ValueError, match="sampler"):
+        make_policy("world_model", PolicyContext(roadmap=roadmap, role="all"), checkpoint=str(tiny_checkpoint),
+                    sampler="fast")
