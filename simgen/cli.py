@@ -36,8 +36,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from simgen.renderers.render import RenderError
     from simgen.renderers.rig import RigError
     from simgen.scenario import ScenarioError
+    from simgen.world.sampler import CheckpointError
 
-    return ScenarioError, MapError, FormatError, EvalError, RenderError, RigError, FileNotFoundError, FileExistsError
+    return (ScenarioError, MapError, FormatError, EvalError, RenderError, RigError, CheckpointError,
+            FileNotFoundError, FileExistsError)
 
 
 def user_errors(fn):
@@ -178,6 +180,8 @@ def eval_cmd(
     av: Optional[str] = typer.Option(None, help="drive the AV with this policy, the world the rest (closed loop); "
                                                 "default: the world drives every agent (WOSAC)"),
     trips: bool = typer.Option(False, help="also roll out the logs' trips and score the trip-level JSDs"),
+    sampler: str = typer.Option("amortized", help="world model sampler: amortized (one denoiser call per step) | "
+                                                  "full (K = 16 denoising steps every step)"),
 ):
     """Score worlds for realism on logged scenes: WOSAC 2025 metrics (trip JSDs with --trips).
 
@@ -198,10 +202,21 @@ def eval_cmd(
       --world constant_velocity,idm,sumo_branch,log_copies
 
       simgen eval --logs logs/grid --world sumo --av idm_route --trips --out av
-    """
-    from simgen.metrics.evaluate import evaluate_worlds, write_report
 
+      simgen eval --logs logs/berlin --world world_model,checkpoints/world/world.pt@full --out wm
+
+    The world model is `world_model` (the shipped checkpoint) or a path to a
+    `.pt` checkpoint; `@full` after it (or --sampler full) selects full
+    replanning instead of amortized sampling.
+    """
+    from simgen.metrics.evaluate import SAMPLER_SUFFIX, EvalError, evaluate_worlds, world_spec, write_report
+
+    if sampler not in ("amortized", "full"):
+        raise EvalError(f"--sampler must be 'amortized' or 'full', got {sampler!r}")
     worlds = [name.strip() for name in world.split(",") if name.strip()]
+    if sampler == "full":
+        worlds = [w + SAMPLER_SUFFIX if world_spec(w)[0] == "world_model" and not w.endswith(SAMPLER_SUFFIX)
+                  else w for w in worlds]
     table = evaluate_worlds(logs_dir, worlds, rollouts=rollouts, scenes=scenes, seed=seed, workers=workers, av=av,
                             trips=trips)
     write_report(table if len(worlds) > 1 else table["reports"][worlds[0]], out)
@@ -247,6 +262,73 @@ def render(
     timings = summary["timings"]
     Console().print(f"{summary['num_frames']} frames -> {out} ({timings['frames_per_s']:.2f} frames/s, "
                     f"{summary['workers']} workers)")
+
+
+train_app = typer.Typer(help="Train the world model: record a corpus, train, export a checkpoint.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("corpus")
+@user_errors
+def train_corpus(
+    out: Path = typer.Option(..., help="corpus folder: one `simgen logs` folder per training map"),
+    workers: int = typer.Option(2, help="parallel SUMO processes per map"),
+):
+    """Record the world model's training corpus (generated maps and braunschweig; berlin and ingolstadt are
+    held out). About 20 minutes on 2 cores; finished maps are skipped, so it resumes.
+
+    Example:  simgen train corpus --out data/world-corpus
+    """
+    from simgen.world.corpus import build_corpus
+
+    dirs = build_corpus(out, workers=workers)
+    Console().print(f"{len(dirs)} log folders in {out}")
+
+
+@train_app.command("world")
+@user_errors
+def train_world_cmd(
+    out: Path = typer.Option(..., help="run folder: best.ckpt, last.ckpt, train.json, lightning_logs/"),
+    corpus: Path = typer.Option(None, help="a `simgen train corpus` folder (every log folder in it)"),
+    logs: str = typer.Option("", help="comma-separated `simgen logs` folders (instead of --corpus)"),
+    steps: int = typer.Option(6000, help="optimizer steps in all (a resumed run continues to this count)"),
+    batch: int = typer.Option(32, help="clips per step"),
+    seed: int = typer.Option(0, help="seed for initialization, batches and noise"),
+    resume: bool = typer.Option(True, help="continue from OUT/last.ckpt when it exists"),
+):
+    """Train the SceneDiffuser++ world model (checkpoints every validation, resumable).
+
+    Examples:
+
+      simgen train world --corpus data/world-corpus --out runs/world --steps 6000
+
+      simgen train export runs/world/best.ckpt --out checkpoints/world/world.pt
+    """
+    from simgen.world.train import train_world
+
+    dirs = [Path(d) for d in logs.split(",") if d] if logs else []
+    if corpus is not None:
+        dirs += sorted(p for p in Path(corpus).iterdir() if (p / "logs.json").exists())
+    if not dirs:
+        raise FileNotFoundError("train world: give --corpus DIR (from `simgen train corpus`) or --logs DIR[,DIR]")
+    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, resume=resume)
+    Console().print(f"best checkpoint: {best}")
+
+
+@train_app.command("export")
+@user_errors
+def train_export(
+    ckpt: Path = typer.Argument(..., help="a Lightning checkpoint from `simgen train world`"),
+    out: Path = typer.Option(Path("checkpoints/world/world.pt"), help="weights file to write (+ .sha256 beside)"),
+):
+    """Export a training checkpoint as a small weights file with its SHA-256 (verified when loaded)."""
+    from simgen.world.train import export_checkpoint
+
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"train export: {ckpt} does not exist")
+    digest = export_checkpoint(ckpt, out)
+    Console().print(f"{out} ({out.stat().st_size / 1e6:.1f} MB), sha256 {digest}")
 
 
 def main() -> None:  # pragma: no cover

@@ -120,6 +120,23 @@ CONFIG_NAME = "WOSAC 2025 weights"
 FLOOR, CEILING = "constant_velocity", "log_copies"
 # world names that evaluate runs as another registered world with options
 WORLD_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"sumo": ("sumo_branch", {"redraw_speed_factors": False})}
+SAMPLER_SUFFIX = "@full"  # "world_model@full", "path/world.pt@full": the full-replanning sampler (K = 16, R = 1)
+
+
+def world_spec(world: str) -> tuple[str, dict[str, Any]]:
+    """A world as named on the command line -> (registered world, options): aliases, a world-model checkpoint
+    path (``*.pt``) and the ``@full`` sampler suffix."""
+    base, full = (world[:-len(SAMPLER_SUFFIX)], True) if world.endswith(SAMPLER_SUFFIX) else (world, False)
+    if base.endswith(".pt"):
+        name, options = "world_model", {"checkpoint": base}
+    else:
+        name, options = WORLD_ALIASES.get(base, (base, {}))
+    if full:
+        if name != "world_model":
+            raise EvalError(f"world '{world}': only the world model has samplers ({SAMPLER_SUFFIX} after "
+                            "world_model or a .pt checkpoint)")
+        options = {**options, "sampler": "full"}
+    return name, options
 SUMO_WORLDS = ("sumo", "sumo_branch")
 TRIP_AV = "log_replay"  # the AV of trip rollouts unless ``av`` is given: it follows its logged route
 Kind = Literal["scenes", "trips"]
@@ -211,15 +228,20 @@ def roll_out(log_dir: str | Path, item: int, world: str, *, rollouts: int = 32, 
 
 def _roll_out(job: _Job) -> tuple[SceneState, list[SceneState]]:
     """The logged scene or trip and its ``job.rollouts`` rollouts (module docstring, "Protocol")."""
-    from simgen.agents import make_policy
+    from simgen.agents import WORLDS, make_policy
     from simgen.sim.rollout import closed_loop, mask_future
 
     logs, roadmap = _open_logs(job.log_dir)
     log = logs.scene(job.item) if job.kind == "scenes" else logs.trip(job.item)
-    name, options = WORLD_ALIASES.get(job.world, (job.world, {}))
+    name, options = world_spec(job.world)
     av_name = job.av if job.kind == "scenes" else job.av or TRIP_AV
     ctx = _context(job, log, roadmap, "all" if av_name is None else "world")
     start = mask_future(log)
+    steps = log.num_steps - 1 - log.step
+    if av_name is None and hasattr(WORLDS.get(name), "rollouts"):  # batched: all rollouts at once
+        seed = rollout_seed(job.seed, job.kind, job.item, 0)
+        world = make_policy(name, replace(ctx, seed=seed), **options)
+        return log, world.rollouts(start, job.rollouts, steps, torch.Generator().manual_seed(seed))
     rollouts = []
     for r in range(job.rollouts):
         seed = rollout_seed(job.seed, job.kind, job.item, r)
@@ -227,7 +249,7 @@ def _roll_out(job: _Job) -> tuple[SceneState, list[SceneState]]:
         world = make_policy(name, world_ctx, **options)
         av = _NoRows() if av_name is None else make_policy(av_name, replace(world_ctx, role="av"))
         generator = torch.Generator().manual_seed(seed)
-        rollouts.append(closed_loop(start, av, world, log.num_steps - 1 - log.step, generator))
+        rollouts.append(closed_loop(start, av, world, steps, generator))
     return log, rollouts
 
 
@@ -357,7 +379,12 @@ def _check_input(logs, worlds: Sequence[str], av: str | None, rollouts: int, sce
 
     known = sorted({*WORLDS, *WORLD_ALIASES})
     for world in worlds:
-        if world not in known and ":" not in world:
+        base = world_spec(world)[0]
+        if base == "world_model":
+            checkpoint = world_spec(world)[1].get("checkpoint")
+            if checkpoint is not None and not Path(checkpoint).is_file():
+                raise EvalError(f"world '{world}': checkpoint {checkpoint} does not exist")
+        elif world not in known and ":" not in world:
             raise EvalError(f"unknown world '{world}'; choose one of {', '.join(known)} or module:Class")
     if len(set(worlds)) != len(worlds):
         raise EvalError(f"worlds {list(worlds)}: each world may be listed once")

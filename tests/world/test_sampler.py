@@ -110,3 +110,16 @@ def test_world_model_world_and_checkpoint_integrity(tiny_checkpoint, scene, tmp_
     with pytest.raises(ValueError, match="sampler"):
         make_policy("world_model", PolicyContext(roadmap=roadmap, role="all"), checkpoint=str(tiny_checkpoint),
                     sampler="fast")
+
+
+def test_eval_scores_a_checkpoint_and_names_samplers(tiny_checkpoint, world_logs):
+    from simgen.metrics.evaluate import EvalError, evaluate_worlds, world_spec
+
+    table = evaluate_worlds(world_logs, [str(tiny_checkpoint)], rollouts=2, scenes=1, progress=False)
+    assert 0 < table["worlds"][str(tiny_checkpoint)]["meta_metric"] < 1
+    assert world_spec(f"{tiny_checkpoint}@full") == ("world_model", {"checkpoint": str(tiny_checkpoint),
+                                                                     "sampler": "full"})
+    with pytest.raises(EvalError, match="does not exist"):
+        evaluate_worlds(world_logs, ["missing/world.pt"], rollouts=2, scenes=1, progress=False)
+    with pytest.raises(EvalError, match="only the world model"):
+        evaluate_worlds(world_logs, ["idm@full"], rollouts=2, scenes=1, progress=False)
