@@ -147,3 +147,34 @@ def test_clip_dataset_splits_and_sizes(world_logs):
     assert example["agents"].shape[1] == len(HISTORY_OFFSETS) + FUTURE
     with pytest.raises(ValueError, match="split"):
         ClipDataset([world_logs], FUTURE, "test")
+
+
+def golden_input():
+    """A fixed, seeded input: 3 agents, 2 lights, 6 frames, 4 map polylines (one invalid)."""
+    from simgen.world.denoiser import DenoiserInput
+
+    g = torch.Generator().manual_seed(0)
+    B, A, S, T, M, P = 1, 3, 2, 6, 4, 8
+    return DenoiserInput(
+        agents=torch.randn(B, A, T, 11, generator=g), agent_given=torch.arange(T).expand(B, A, T) < 2,
+        agent_clean=torch.randn(B, A, T, 11, generator=g), agent_mask=torch.ones(B, A, dtype=torch.bool),
+        is_av=torch.tensor([[True, False, False]]), lights=torch.randn(B, S, T, 3, generator=g),
+        light_given=torch.zeros(B, S, T, dtype=torch.bool), light_clean=torch.zeros(B, S, T, 3),
+        light_cond=torch.randn(B, S, 4, generator=g), light_valid=torch.ones(B, S, T, dtype=torch.bool),
+        light_mask=torch.ones(B, S, dtype=torch.bool), map_features=torch.randn(B, M, P, 13, generator=g),
+        map_valid=torch.tensor([[True, True, True, False]]), noise_level=torch.linspace(0, 1, T)[None],
+        frame_offsets=torch.arange(-1, T - 1))
+
+
+def test_golden_output_of_a_tiny_seeded_denoiser():
+    """Seeded init plus a seeded perturbation (AdaLN-Zero would give zeros): a stored slice, tolerance 1e-4."""
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(**TINY))
+    g = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.data.add_(torch.randn(p.shape, generator=g) * 0.1)
+    agents_v, lights_v = model(golden_input())
+    expected_agent_x = [-0.43240, -0.21888, -0.93868, -1.30498, -0.72820, -0.20904]
+    expected_light_stop = [-0.19729, -0.18718, -0.16596, 0.09420, 0.06673, -0.06149]
+    assert torch.allclose(agents_v[0, 1, :, 1], torch.tensor(expected_agent_x), atol=1e-4)
+    assert torch.allclose(lights_v[0, 0, :, 0], torch.tensor(expected_light_stop), atol=1e-4)
