@@ -574,18 +574,35 @@ def agent_template_name(agent_type: int, length_m: float) -> str:
     return {AgentType.PEDESTRIAN: "pedestrian", AgentType.CYCLIST: "cyclist"}.get(agent_type, "other")
 
 
+def _agent_slots(state: SceneState, step: int, include_av: bool) -> np.ndarray:
+    valid = state.traj.valid[:, step].numpy().copy()
+    if not include_av:
+        valid[state.av_index] = False
+    return np.flatnonzero(valid)
+
+
+def _picker(state: SceneState, slots: np.ndarray, step: int):
+    """``pick(field)`` -> float64 ``[len(slots)]`` values of a trajectory field at ``step``."""
+    return lambda field: getattr(state.traj, field)[slots, step].double().numpy()
+
+
+def agent_bounds(state: SceneState, step: int, origin_xy: np.ndarray, include_av: bool = False) -> np.ndarray:
+    """``[K, 5]`` (x, y, radius, z bottom, z top) local frame, m: a vertical cylinder around each rendered
+    agent's box (its mesh fits inside the box)."""
+    slots = _agent_slots(state, step, include_av)
+    pick = _picker(state, slots, step)
+    return np.stack([pick("x") - origin_xy[0], pick("y") - origin_xy[1], np.hypot(pick("length"), pick("width")) / 2,
+                     pick("z"), pick("z") + pick("height")], -1).reshape(-1, 5)
+
+
 def agent_mesh(state: SceneState, step: int, origin_xy: np.ndarray, include_av: bool = False) -> Mesh:
     """Every valid agent at ``step`` (all agents of a template at once), local frame; instance ``1 + slot``."""
     if not _TEMPLATES:
         _TEMPLATES.update(_agent_templates())
-    t = state.traj
-    valid = t.valid[:, step].numpy().copy()
-    if not include_av:
-        valid[state.av_index] = False
-    slots = np.flatnonzero(valid)
+    slots = _agent_slots(state, step, include_av)
     if not len(slots):
         return Mesh.empty()
-    pick = lambda field: getattr(t, field)[slots, step].double().numpy()
+    pick = _picker(state, slots, step)
     x, y, z, heading = pick("x") - origin_xy[0], pick("y") - origin_xy[1], pick("z"), pick("heading")
     size = np.stack([pick("length"), pick("width"), pick("height")], -1)  # [N, 3]
     agent_type = state.meta.agent_type.numpy()[slots]
@@ -653,6 +670,7 @@ class Frame:
         self.tracer = tracer
         self.origin_xy = static.origin_xy
         self.agents = agent_mesh(state, step, static.origin_xy)
+        self.agent_bounds = agent_bounds(state, step, static.origin_xy)  # [K, 5] local x, y, radius, z0, z1, m
         self.agent_bvh = _embree(self.agents) if len(self.agents.faces) else None
         self.agent_normals = self.agents.face_normals()
         self.head_state = np.zeros(static.num_heads, np.int8)  # LightState per head (0: unknown, dark)
@@ -668,18 +686,25 @@ class Frame:
         out[..., :2] -= self.origin_xy
         return out
 
-    def cast(self, origins_local: np.ndarray, directions: np.ndarray, t_max: np.ndarray | float) -> Hits:
-        """Nearest hit of each ray ``origins_local [N, 3]`` + t ``directions [N, 3]`` with t in (0, t_max]."""
+    def cast(self, origins_local: np.ndarray, directions: np.ndarray, t_max: np.ndarray | float,
+             agent_near_t: np.ndarray | None = None) -> Hits:
+        """Nearest hit of each ray ``origins_local [N, 3]`` + t ``directions [N, 3]`` with t in (0, t_max].
+
+        ``agent_near_t [N]`` (optional): no agent lies nearer than this along each ray (inf: no agent at all).
+        Rays whose street hit comes first skip the agents' pass; by default every ray takes it."""
         origins = np.ascontiguousarray(origins_local, np.float32)
         dirs = np.ascontiguousarray(directions, np.float32)
         t = np.empty(len(origins), np.float32)
         t[:] = t_max
-        static = self.tracer.bvh.run(origins, dirs, dists=t, output=1)  # t is updated in place
-        face, dynamic = static["primID"], np.zeros(len(origins), bool)
+        face = self.tracer.bvh.run(origins, dirs, dists=t, output=1)["primID"]  # t is updated in place
+        dynamic = np.zeros(len(origins), bool)
         if self.agent_bvh is not None:
-            agents = self.agent_bvh.run(origins, dirs, dists=t, output=1)  # only hits nearer than the street
-            dynamic = agents["primID"] >= 0
-            face = np.where(dynamic, agents["primID"], face)
+            rays = np.arange(len(origins)) if agent_near_t is None else np.flatnonzero(agent_near_t < t)
+            t_agents = t[rays]  # far limit: the street's hit, so only nearer agent hits count
+            agent_face = self.agent_bvh.run(origins[rays], dirs[rays], dists=t_agents, output=1)["primID"]
+            closer = agent_face >= 0
+            hit_rays = rays[closer]
+            t[hit_rays], face[hit_rays], dynamic[hit_rays] = t_agents[closer], agent_face[closer], True
         return Hits(t, face.astype(np.int32), dynamic)
 
     def occluded(self, origins_local: np.ndarray, directions: np.ndarray, t_max: np.ndarray | float) -> np.ndarray:
