@@ -96,6 +96,7 @@ from simgen.world.tokenizer import (
     encode_light_states,
     light_condition,
     map_features,
+    wrap,
 )
 
 SamplerKind = Literal["amortized", "full"]
@@ -447,6 +448,111 @@ class WorldSampler:
         return Action(x=x, y=y, heading=heading, valid=valid, controlled=controlled, length=length, width=width,
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
+
+
+    @torch.no_grad()
+    def initialize(self, pose: torch.Tensor, generator: torch.Generator, *, num_agents: int = 32,
+                   num_steps: int = 91, radius_m: float = 60.0, map_name: str = "") -> SceneState:
+        """A generated scene around the AV pose ``pose`` (x, y, heading; world frame, m, rad), from noise.
+
+        Every frame of the clip (context and future) is denoised with K DDIM
+        steps under the constraints, as in the ``initialize`` training task,
+        with the AV's current frame inpainted at ``pose``; the context frames become the scene's history (steps 0..10, linearly
+        interpolated between them; lights at the nearest context frame). Row 0
+        is the AV. Returns a ``SceneState`` of ``num_steps`` steps whose
+        ``step`` is the last history step, ready for ``closed_loop``.
+        """
+        from simgen.traffic.scenes import light_slots, slots_near
+        from simgen.types import AgentMeta, AgentTrajectory
+
+        H, W = len(HISTORY_OFFSETS), self.model.future
+        T = H + W
+        pose = pose.double().reshape(1, 3)
+        near = slots_near(self.roadmap, pose[0, :2].numpy(), radius_m).nonzero()[0]
+        stop = self.roadmap.signal_stop_xy[near].double()
+        near = near[torch.argsort(torch.hypot(stop[:, 0] - pose[0, 0], stop[:, 1] - pose[0, 1]),
+                                  stable=True)[:MAX_LIGHTS].numpy()] if len(near) else near
+        cond = light_condition(self.roadmap.signal_stop_xy[near, 0].double()[None],
+                               self.roadmap.signal_stop_xy[near, 1].double()[None],
+                               self.context.approach_heading[near].double()[None], pose)
+        feats, map_valid = map_features(self.context.bank, pose)
+        lanes = feats[..., :4].reshape(1, -1, 4)
+        lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(1, -1)
+        S = len(near)
+        agents = torch.randn(1, num_agents, T, AGENT_CHANNELS, generator=generator)
+        lights = torch.randn(1, S, T, LIGHT_CHANNELS, generator=generator)
+        is_av = torch.arange(num_agents)[None] == 0
+        self.scheduler.set_timesteps(self.options.full_steps)
+        timesteps = self.scheduler.timesteps.tolist()
+        for i, t in enumerate(timesteps):
+            level = level_of_timestep(t).expand(1, T)
+            nxt = (level_of_timestep(timesteps[i + 1]) if i + 1 < len(timesteps) else torch.tensor(0.0)).expand(1, T)
+            inp = DenoiserInput(
+                agents=agents, agent_given=torch.zeros(1, num_agents, T, dtype=torch.bool), agent_clean=agents,
+                agent_mask=torch.ones(1, num_agents, dtype=torch.bool), is_av=is_av, lights=lights,
+                light_given=torch.zeros(1, S, T, dtype=torch.bool), light_clean=lights, light_cond=cond,
+                light_valid=torch.ones(1, S, T, dtype=torch.bool), light_mask=torch.ones(1, S, dtype=torch.bool),
+                map_features=feats, map_valid=map_valid, noise_level=level,
+                frame_offsets=self.offsets)
+            v_agents, v_lights = self.model.denoiser(inp)
+            x0, eps = predict_clean(agents, v_agents, level)
+            l0, leps = predict_clean(lights, v_lights, level)
+            x0 = C.keep_valid(C.soft_clip(x0), is_av)
+            if self.on_road is not None:
+                x0 = self.on_road.project(x0, pose, lanes, lane_valid)
+            x0[:, 0, H - 1, X:COS + 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the AV is at ``pose`` now
+            agents, lights = ddim_step(x0, eps, nxt), ddim_step(l0, leps, nxt)
+        decoded = decode_agents(agents[0, :, :H], pose[0])  # [A, H] context frames
+        offsets = torch.tensor(HISTORY_OFFSETS, dtype=torch.float64) - HISTORY_OFFSETS[0]  # steps 0..10
+        steps = torch.arange(int(offsets[-1]) + 1, dtype=torch.float64)
+        k = torch.searchsorted(offsets, steps, right=True).clamp(1, H - 1)
+        w = ((steps - offsets[k - 1]) / (offsets[k] - offsets[k - 1]))[None]  # [1, 11]
+
+        def interpolate(v: torch.Tensor) -> torch.Tensor:
+            return v[:, k - 1] * (1 - w) + v[:, k] * w
+
+        unwrapped = decoded.heading[:, 0:1] + torch.cumsum(torch.cat(
+            [torch.zeros_like(decoded.heading[:, :1]),
+             torch.remainder(decoded.heading.diff(dim=1) + torch.pi, 2 * torch.pi) - torch.pi], dim=1), dim=1)
+        valid = decoded.valid[:, -1]  # agents present now; they are given the whole interpolated history
+        valid[0] = True
+        history = len(steps)
+        x_h, y_h, heading_h = interpolate(decoded.x), interpolate(decoded.y), wrap(interpolate(unwrapped))
+        if self.on_road is not None:  # exact check: a generated vehicle off the road at any history step is dropped
+            vehicle = (decoded.agent_type[:, -1] == AgentType.VEHICLE) & valid
+            size_now = decoded.size[:, -1]
+            off = self.on_road.outside_boxes(
+                x_h.reshape(-1), y_h.reshape(-1), heading_h.reshape(-1),
+                size_now[:, 0:1].expand(-1, history).reshape(-1), size_now[:, 1:2].expand(-1, history).reshape(-1))
+            valid &= ~((off.reshape(num_agents, history) > 0).any(-1) & vehicle & ~is_av[0])
+        traj = AgentTrajectory.zeros(num_agents, num_steps)
+        size = decoded.size[:, -1].float()
+        fields = {"x": x_h.float(), "y": y_h.float(), "heading": heading_h.float()}
+        vel = {"vel_x": fields["x"].diff(dim=1, append=fields["x"][:, -1:] * 2 - fields["x"][:, -2:-1]) / 0.1,
+               "vel_y": fields["y"].diff(dim=1, append=fields["y"][:, -1:] * 2 - fields["y"][:, -2:-1]) / 0.1}
+        updates = {}
+        for name, value in {**fields, **vel, "length": size[:, :1].expand(-1, history),
+                            "width": size[:, 1:2].expand(-1, history),
+                            "height": size[:, 2:3].expand(-1, history)}.items():
+            full = getattr(traj, name).clone()
+            full[:, :history] = torch.where(valid[:, None], value, 0.0)
+            updates[name] = full
+        traj_valid = traj.valid.clone()
+        traj_valid[:, :history] = valid[:, None]
+        traj = traj.replace(**updates, valid=traj_valid)
+        meta = AgentMeta(object_id=torch.where(valid, torch.arange(num_agents), -1),
+                         agent_type=torch.where(valid, decoded.agent_type[:, -1], 0).to(torch.int8),
+                         is_av=is_av[0].clone())
+        meta = meta.replace(agent_type=torch.where(is_av[0], torch.tensor(int(AgentType.VEHICLE), dtype=torch.int8),
+                                                   meta.agent_type))
+        state = torch.zeros(num_steps, S, dtype=torch.int8).numpy()
+        context_state = decode_light_states(lights[0, :, :H])  # [S, H]
+        nearest = torch.bucketize(steps, (offsets[1:] + offsets[:-1]) / 2)  # nearest context frame per step
+        state[:history] = context_state[:, nearest].T.numpy()
+        scene_lights = light_slots(self.roadmap, near, state)
+        future = torch.arange(num_steps) >= history
+        scene_lights = scene_lights.replace(valid=scene_lights.valid & ~future)
+        return SceneState(traj=traj, meta=meta, lights=scene_lights, step=history - 1, map_name=map_name)
 
 
 def _fixed_rows(scenes: list[SceneState]) -> torch.Tensor:

@@ -123,3 +123,38 @@ def test_eval_scores_a_checkpoint_and_names_samplers(tiny_checkpoint, world_logs
         evaluate_worlds(world_logs, ["missing/world.pt"], rollouts=2, scenes=1, progress=False)
     with pytest.raises(EvalError, match="only the world model"):
         evaluate_worlds(world_logs, ["idm@full"], rollouts=2, scenes=1, progress=False)
+
+
+def test_initialize_generates_a_valid_scene_on_the_road(tiny_checkpoint, scene):
+    from simgen.sim.rollout import closed_loop
+
+    model = WorldModel.load(tiny_checkpoint)
+    roadmap, log = scene
+    sampler = WorldSampler(model, roadmap, SamplerOptions(full_steps=4))
+    pose = torch.stack([log.traj.x[0, log.step], log.traj.y[0, log.step], log.traj.heading[0, log.step]])
+    init = sampler.initialize(pose, torch.Generator().manual_seed(0), num_agents=8, num_steps=20)
+    init.validate()
+    assert init.step == 10 and init.meta.is_av[0] and init.traj.valid[0, :11].all()
+    assert abs(float(init.traj.x[0, 10]) - float(pose[0])) < 1e-3, "the AV is placed at its pose"
+    assert abs(float(init.traj.y[0, 10]) - float(pose[1])) < 1e-3
+    on_road = OnRoad(roadmap)
+    t = torch.arange(11)
+    for row in (init.traj.valid[:, 10] & (init.meta.agent_type == AgentType.VEHICLE)).nonzero().flatten()[1:]:
+        d = on_road.outside_boxes(init.traj.x[row, t], init.traj.y[row, t], init.traj.heading[row, t],
+                                  init.traj.length[row, t], init.traj.width[row, t])
+        assert (d <= 0).all()
+    world = make_policy("world_model", PolicyContext(roadmap=roadmap, role="world"), checkpoint=str(tiny_checkpoint))
+    out = closed_loop(init, _Still(), world, 3, torch.Generator().manual_seed(0))
+    assert out.step == 13
+
+
+class _Still:
+    """An AV that holds its pose (enough to drive the closed loop here)."""
+
+    def reset(self, scene, generator):
+        return None
+
+    def act(self, scene, state, generator):
+        from simgen.sim.env import hold_action
+
+        return hold_action(scene, scene.meta.is_av), None
