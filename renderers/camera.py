@@ -63,7 +63,8 @@ HEADLIGHT_COLOUR = np.array([1.0, 0.95, 0.85], np.float32) * 60.0
 HEADLIGHT_COS = math.cos(math.radians(35.0))
 EMISSION = {  # linear RGB of glowing faces; signal lamps only while lit
     Emitter.HEADLIGHT: (3.0, 3.0, 2.7), Emitter.TAILLIGHT: (2.0, 0.1, 0.05), Emitter.STREET_LAMP: (4.0, 3.2, 2.0),
-    Emitter.SIGNAL_STOP: (4.0, 0.2, 0.1), Emitter.SIGNAL_CAUTION: (4.0, 2.2, 0.1), Emitter.SIGNAL_GO: (0.3, 4.0, 1.2),
+    Emitter.SIGNAL_STOP: (5.0, 0.05, 0.02), Emitter.SIGNAL_CAUTION: (5.0, 2.5, 0.02),
+    Emitter.SIGNAL_GO: (0.05, 4.0, 1.5),
 }
 SIGNAL_STATE = {Emitter.SIGNAL_STOP: LightState.STOP, Emitter.SIGNAL_CAUTION: LightState.CAUTION,
                 Emitter.SIGNAL_GO: LightState.GO}

@@ -475,13 +475,11 @@ def _signal_heads(roadmap: RoadMap, lane_xy, origin: np.ndarray, instances) -> t
         z0 = SIGNAL_HEAD_Z_M
         parts = [_trimesh_part(_placed(_box(-0.15, 0.15, -0.2, 0.2, z0, z0 + 1.0), stops[g], yaw),
                                SemanticClass.TRAFFIC_LIGHT, instance=instance)]
-        for k, (emitter, colour) in enumerate(((Emitter.SIGNAL_STOP, (0.9, 0.1, 0.05)),
-                                               (Emitter.SIGNAL_CAUTION, (0.9, 0.6, 0.05)),
-                                               (Emitter.SIGNAL_GO, (0.1, 0.85, 0.3)))):
-            zc = z0 + 0.83 - 0.33 * k
+        for k, emitter in enumerate((Emitter.SIGNAL_STOP, Emitter.SIGNAL_CAUTION, Emitter.SIGNAL_GO)):
+            zc = z0 + 0.83 - 0.33 * k  # red on top; a lamp is dark glass, its colour is its emission
             lamp = _box(-0.17, -0.15, -0.12, 0.12, zc - 0.12, zc + 0.12)
             parts.append(_trimesh_part(_placed(lamp, stops[g], yaw), SemanticClass.TRAFFIC_LIGHT,
-                                       instance=instance, albedo=colour, emitter=emitter, head=h))
+                                       instance=instance, albedo=(0.04, 0.04, 0.04), emitter=emitter, head=h))
         meshes.append(Mesh.concat(parts))
     return meshes, head_of_slot.reshape(-1).astype(np.int32)
 
@@ -536,7 +534,7 @@ def _agent_templates() -> dict[str, tuple[Mesh, np.ndarray]]:
         "car": _template([
             _unit_part(_box(-0.49, 0.49, -0.5, 0.5, 0.15, 0.58), car, True),
             _unit_part(_box(-0.32, 0.18, -0.44, 0.44, 0.58, 1.0), car, False, albedo=glass),
-            *(_wheel(x, y, 0.18, 0.12, car) for x in (-0.33, 0.33) for y in (-0.42, 0.42)),
+            *(_wheel(x, y, 0.18, 0.12, car) for x in (-0.3, 0.3) for y in (-0.42, 0.42)),
             *_lights(car, 0.42),
         ]),
         "truck": _template([

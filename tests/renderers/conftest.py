@@ -43,10 +43,10 @@ def av_lane_pose(roadmap: RoadMap) -> tuple[np.ndarray, float]:
 
 
 def make_scene(roadmap: RoadMap, others=(AHEAD_CAR, TRUCK_BEHIND, PEDESTRIAN_LEFT), steps: int = 2,
-               light_state: int = 3) -> SceneState:
-    """The AV (slot 0, 4.5 x 2 x 1.5 m) on ``av_lane_pose`` driving 5 m/s, and ``others`` placed relative to it
-    (slots 1..), every light slot of the map valid with ``light_state``."""
-    av_xy, heading = av_lane_pose(roadmap)
+               light_state: int = 3, av: tuple[np.ndarray, float] | None = None) -> SceneState:
+    """The AV (slot 0, 4.5 x 2 x 1.5 m) at ``av`` (xy, heading; default ``av_lane_pose``) driving 5 m/s, and
+    ``others`` placed relative to it (slots 1..), every light slot of the map valid with ``light_state``."""
+    av_xy, heading = av if av is not None else av_lane_pose(roadmap)
     forward, left = np.array([math.cos(heading), math.sin(heading)]), np.array([-math.sin(heading), math.cos(heading)])
     rows = [(0.0, 0.0, 4.5, 2.0, 1.5, AgentType.VEHICLE), *others]
     traj = AgentTrajectory.zeros(len(rows), steps)
