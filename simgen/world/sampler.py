@@ -224,6 +224,11 @@ class WorldSampler:
         free = (~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
         return torch.cat([occupied.nonzero().flatten(), free]).sort().values
 
+    def _program(self, scene: SceneState, slots: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """SUMO's static signal programs: states ``[S, K]`` of light ``slots`` at scene ``steps``."""
+        signal = scene.lights.signal_id[slots, scene.step].long()
+        return torch.stack([self.roadmap.signal_state_at(scene.start_step + int(k))[signal] for k in steps], dim=-1)
+
     def _light_slots(self, scenes: list[SceneState], pose: torch.Tensor) -> torch.Tensor:
         lights = scenes[0].lights
         if lights.num_slots == 0:
@@ -255,8 +260,12 @@ class WorldSampler:
         light_given = torch.zeros(B, len(slots), H + W, dtype=torch.bool)
         light_given[:, :, :H] = True
         known_future = torch.ones(B, len(slots), W, dtype=torch.bool)
-        if not self.options.model_lights:
+        light_clean = lights_all
+        if not self.options.model_lights:  # SUMO's programs: the whole window is given
             light_given[:] = True
+            program = self._program(first, slots, torch.arange(t + 1, t + W + 1))  # [S, W]
+            light_clean = torch.cat([lights_all[:, :, :H], encode_light_states(program)[None].expand(B, -1, -1, -1)],
+                                    dim=2)
         light_valid = torch.cat([ctx_known[:, slots], known_future], dim=2)
         signal = first.lights.signal_id[slots, t].long()
         stops = first.lights.index_axis("S", slots)
@@ -267,7 +276,7 @@ class WorldSampler:
         inp = DenoiserInput(
             agents=agents, agent_given=agent_given, agent_clean=agent_clean,
             agent_mask=torch.ones(B, len(rows), dtype=torch.bool), is_av=is_av,
-            lights=lights_all, light_given=light_given, light_clean=lights_all, light_cond=cond,
+            lights=lights_all, light_given=light_given, light_clean=light_clean, light_cond=cond,
             light_valid=light_valid, light_mask=torch.ones(B, len(slots), dtype=torch.bool),
             map_features=feats, map_valid=map_valid, noise_level=levels, frame_offsets=self.offsets)
         lanes = feats[..., :4].reshape(B, -1, 4)
@@ -440,11 +449,11 @@ class WorldSampler:
                                                                         (traj.heading, heading)))
             valid = valid & ~(stuck & ~hold)
         light_state = scene.lights.state[:, t].clone()
-        if scene.lights.num_slots:
+        if scene.lights.num_slots and not self.options.model_lights:
+            light_state = self._program(scene, torch.arange(scene.lights.num_slots), torch.tensor([t + 1]))[:, 0]
+        elif scene.lights.num_slots:
             slots = self._light_slots([scene], av_pose[None])
             light_state[slots] = decode_light_states(light_frame[slots])
-            if not self.options.model_lights:
-                light_state = scene.lights.state[:, t]
         return Action(x=x, y=y, heading=heading, valid=valid, controlled=controlled, length=length, width=width,
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
@@ -457,8 +466,9 @@ class WorldSampler:
 
         Every frame of the clip (context and future) is denoised with K DDIM
         steps under the constraints, as in the ``initialize`` training task,
-        with the AV's current frame inpainted at ``pose``; the context frames become the scene's history (steps 0..10, linearly
-        interpolated between them; lights at the nearest context frame). Row 0
+        with the AV's current frame inpainted at ``pose``; the context frames
+        become the scene's history (steps 0..10, linearly interpolated between
+        them; lights at the nearest context frame). Row 0
         is the AV. Returns a ``SceneState`` of ``num_steps`` steps whose
         ``step`` is the last history step, ready for ``closed_loop``.
         """

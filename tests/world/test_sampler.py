@@ -158,3 +158,15 @@ class _Still:
         from simgen.sim.env import hold_action
 
         return hold_action(scene, scene.meta.is_av), None
+
+
+def test_sumo_program_lights_follow_the_signal_programs(tiny_checkpoint, scene):
+    model = WorldModel.load(tiny_checkpoint)
+    roadmap, log = scene
+    scenes, _ = run(model, roadmap, mask_future(log), SamplerOptions(spawn=False, drive_av=True, model_lights=False),
+                    steps=4, count=1)
+    lights = scenes[0].lights
+    assert lights.num_slots > 0
+    for t in range(log.step + 1, log.step + 5):
+        expected = roadmap.signal_state_at(log.start_step + t)[lights.signal_id[:, t].long()]
+        assert torch.equal(lights.state[:, t], expected)
