@@ -42,8 +42,8 @@ from simgen.world.tokenizer import (
 )
 
 SPARE_SLOTS = 4
-MAX_AGENTS = 48
-MAX_LIGHTS = 24
+MAX_AGENTS = 24
+MAX_LIGHTS = 12
 
 
 def clip_frames(current: int, future: int) -> torch.Tensor:
