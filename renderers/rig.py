@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from simgen.scenario import format_validation_error
+from simgen.scenario import format_validation_error, read_yaml
 from simgen.types.sensors import CameraSpec, LidarSpec, Mount, SensorRig
 
 RIG_DIR = Path(__file__).parent / "rigs"
@@ -145,10 +144,4 @@ def parse_rig(data: object, source: str = "<rig>") -> SensorRig:
 def load_rig(spec: str | Path = "default") -> SensorRig:
     """Read and check a rig YAML (a bundled name or a path)."""
     path = rig_path(spec)
-    if not path.is_file():
-        raise RigError(f"sensor rig file {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise RigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_rig(data, str(path))
+    return parse_rig(read_yaml(path, RigError, "sensor rig file "), str(path))
