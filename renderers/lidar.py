@@ -29,7 +29,7 @@ Steps of ``lidar_sweep``:
 
 Speed (bench/bench_lidar.py): the static street sits in a BVH built once per map, the agents in a
 per-frame BVH queried only in front of the street hit, and only by the rays that look at an agent's
-bounding cylinder and reach it before the street (``_agent_near_t``), so a sweep costs one Embree pass
+box and could reach it before the street (``_agent_near_t``), so a sweep costs one Embree pass
 over the street plus a short pass over the agents and ~10 numpy passes over B x W values.
 """
 
@@ -45,6 +45,7 @@ from simgen.types.sensors import LidarSpec, dot_rows, turn_about_z, world_from_s
 
 MAX_ELONGATION_M = 2.0
 DROP_GAIN = np.float32(20.0)  # step 5
+ANGLE_SLACK_DEG = 0.01  # step 1, agents' rays
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,27 +83,32 @@ class LidarSweep:
 def _agent_near_t(frame: Frame, spec: LidarSpec, world_from_lidar: np.ndarray, heading: float) -> np.ndarray | None:
     """``[B W]`` lower bound of the range at which each ray could meet an agent (inf: none); None = unknown.
 
-    An agent's bounding cylinder (``Frame.agent_bounds``) of radius r whose axis stands at horizontal
-    distance d covers the azimuths within asin(r / d) of its direction and the elevations between its
-    bottom and top edges seen from d - r or d + r. Rays in those columns (one spare each side) and beams
-    (0.5 deg spare) cannot meet it before range d - r; all other rays never meet it (step 1)."""
-    bounds = frame.agent_bounds
-    if spec.mount.pitch_deg or spec.mount.roll_deg or not len(bounds):
+    An agent's box (``Frame.agent_boxes``), seen from outside at horizontal distance d of its centre
+    (radius r of its footprint's circle), spans the azimuths between its extreme corners and the
+    elevations between its bottom and top edges seen from d - r or d + r. Rays in those columns (the
+    column range rounded outwards) and beams (``ANGLE_SLACK_DEG`` spare for float32 rounding) cannot meet
+    it before range d - r; all other rays never meet it (step 1)."""
+    boxes = frame.agent_boxes
+    if spec.mount.pitch_deg or spec.mount.roll_deg or not len(boxes):
         return None  # a tilted lidar's columns are not vertical planes: test every ray
     origin = frame.to_local(world_from_lidar[:3, 3])
-    offset = bounds[:, :2] - origin[:2]
-    distance, radius = np.hypot(offset[:, 0], offset[:, 1]), bounds[:, 2]
+    offset = boxes[:, :2] - origin[:2]
+    distance, radius = np.hypot(offset[:, 0], offset[:, 1]), np.hypot(boxes[:, 5], boxes[:, 6]) / 2
     if (distance <= radius).any():
         return None
-    azimuth = np.arctan2(offset[:, 1], offset[:, 0]) - heading - np.radians(spec.mount.yaw_deg)
-    half = np.arcsin(radius / distance)
+    centre = np.arctan2(offset[:, 1], offset[:, 0])
+    c, s = np.cos(boxes[:, 4])[:, None], np.sin(boxes[:, 4])[:, None]
+    along, across = boxes[:, 5:6] / 2 * np.array([1, 1, -1, -1]), boxes[:, 6:7] / 2 * np.array([1, -1, -1, 1])
+    corner_azimuth = np.arctan2(offset[:, 1:2] + s * along + c * across, offset[:, 0:1] + c * along - s * across)
+    spread = np.angle(np.exp(1j * (corner_azimuth - centre[:, None])))  # [K, 4] relative to the centre, rad
+    azimuth = centre - heading - np.radians(spec.mount.yaw_deg)
     width = spec.columns
-    first = np.floor((np.pi - azimuth - half) * width / (2 * np.pi) - 0.5).astype(int) - 1
-    last = np.ceil((np.pi - azimuth + half) * width / (2 * np.pi) - 0.5).astype(int) + 1
-    below, above = bounds[:, 3] - origin[2], bounds[:, 4] - origin[2]
+    first = np.floor((np.pi - azimuth - spread.max(1)) * width / (2 * np.pi) - 0.5).astype(int)
+    last = np.ceil((np.pi - azimuth - spread.min(1)) * width / (2 * np.pi) - 0.5).astype(int)
+    below, above = boxes[:, 2] - origin[2], boxes[:, 3] - origin[2]
     near, far = distance - radius, distance + radius
-    lowest = np.degrees(np.arctan2(below, np.where(below < 0, near, far))) - 0.5
-    highest = np.degrees(np.arctan2(above, np.where(above > 0, near, far))) + 0.5
+    lowest = np.degrees(np.arctan2(below, np.where(below < 0, near, far))) - ANGLE_SLACK_DEG
+    highest = np.degrees(np.arctan2(above, np.where(above > 0, near, far))) + ANGLE_SLACK_DEG
     inclination = np.asarray(spec.inclinations_deg)
     near_t = np.full((spec.beams, width), np.inf, np.float32)
     for a, b, lo, hi, d in zip(first, last, lowest, highest, near):

@@ -584,13 +584,13 @@ def _picker(state: SceneState, slots: np.ndarray, step: int):
     return lambda field: getattr(state.traj, field)[slots, step].double().numpy()
 
 
-def agent_bounds(state: SceneState, step: int, origin_xy: np.ndarray, include_av: bool = False) -> np.ndarray:
-    """``[K, 5]`` (x, y, radius, z bottom, z top) local frame, m: a vertical cylinder around each rendered
-    agent's box (its mesh fits inside the box)."""
+def agent_boxes(state: SceneState, step: int, origin_xy: np.ndarray, include_av: bool = False) -> np.ndarray:
+    """``[K, 7]`` (x, y, z bottom, z top, heading, length, width) local frame, m and rad: the box of each
+    rendered agent (its mesh fits inside)."""
     slots = _agent_slots(state, step, include_av)
     pick = _picker(state, slots, step)
-    return np.stack([pick("x") - origin_xy[0], pick("y") - origin_xy[1], np.hypot(pick("length"), pick("width")) / 2,
-                     pick("z"), pick("z") + pick("height")], -1).reshape(-1, 5)
+    return np.stack([pick("x") - origin_xy[0], pick("y") - origin_xy[1], pick("z"), pick("z") + pick("height"),
+                     pick("heading"), pick("length"), pick("width")], -1).reshape(-1, 7)
 
 
 def agent_mesh(state: SceneState, step: int, origin_xy: np.ndarray, include_av: bool = False) -> Mesh:
@@ -668,7 +668,7 @@ class Frame:
         self.tracer = tracer
         self.origin_xy = static.origin_xy
         self.agents = agent_mesh(state, step, static.origin_xy)
-        self.agent_bounds = agent_bounds(state, step, static.origin_xy)  # [K, 5] local x, y, radius, z0, z1, m
+        self.agent_boxes = agent_boxes(state, step, static.origin_xy)  # [K, 7] local frame
         self.agent_bvh = _embree(self.agents) if len(self.agents.faces) else None
         self.agent_normals = self.agents.face_normals()
         self.head_state = np.zeros(static.num_heads, np.int8)  # LightState per head (0: unknown, dark)
