@@ -128,3 +128,19 @@ def test_sweep_is_deterministic_under_seed(small_grid):
     noise = a.range_image[..., 0] - c.range_image[..., 0]
     both = (a.range_image[..., 3] == 1) & (c.range_image[..., 3] == 1)
     assert 0.01 < np.std(noise[both]) < 0.05  # two draws of 2 cm noise differ by about 2.8 cm
+
+
+def test_agent_ray_culling_loses_no_return(small_grid, top, monkeypatch):
+    """The agents' pass skips rays that cannot reach an agent; sending every ray gives the same sweep."""
+    from simgen.renderers import lidar
+
+    others = [(ahead, lateral, 4.5, 2.0, 1.6, 1) for ahead, lateral in ((4.0, 3.5), (9.0, -3.0), (-6.0, 4.0))]
+    state = make_scene(small_grid, others=[*others, (25.0, 0.0, 12.0, 2.5, 3.4, 1), (3.0, 6.5, 0.6, 0.6, 1.8, 2)])
+    frame = tracer_for(small_grid).frame(state, 1)
+    pose = state.av_pose()[1].numpy()
+    culled = lidar_sweep(frame, top, pose)
+    monkeypatch.setattr(lidar, "_agent_near_t", lambda *args: None)
+    full = lidar_sweep(frame, top, pose)
+    assert ((culled.instance > 0) & (culled.instance < STATIC_INSTANCE_BASE)).sum() > 1000
+    for key, value in culled.arrays().items():
+        assert np.array_equal(value, full.arrays()[key]), key
