@@ -19,7 +19,8 @@ Notation (per pixel):
 Steps of ``render_cameras`` (all cameras of the rig in one batch of rays):
     1. Primary rays through every pixel centre from each camera's ``world_from_camera`` (AV pose times
        the rig mount): depth t (0 where the ray meets nothing within ``max_depth_m``: sky), semantic,
-       instance, n, a, e.
+       instance, n, a, e. Only pixels inside an agent box's projected rectangle, whose street hit lies
+       beyond the box's nearest corner, query the agents' BVH (``_agent_near_depth``).
     2. Sun: l from the time of day (latitude 50° N, solar declination +15°, solar time; world +y is
        north). Shadow rays from x + 2 cm n towards l for pixels with n·l > 0 while D > 0.
     3. Radiance L = a ⊙ (E_sun D s max(0, n·l) + S_amb (0.6 + 0.4 n_z)) + night lights + emission:
@@ -30,7 +31,7 @@ Steps of ``render_cameras`` (all cameras of the rig in one batch of rays):
     4. Weather:
        - rain: overcast (E_sun × 0.25, shadows softened), wet surfaces darken (a × (1 - 0.4 g)) and
          mirror the sky: L += g F S(reflect(ω, n)) with Fresnel F = 0.04 + 0.96 (1 - abs(n·ω))^5;
-         reduced contrast (blend 25% towards the mean) and haze (visibility 400 m); seeded streaks;
+         haze (visibility 400 m); per camera, reduced contrast (25% towards the image mean) and seeded streaks;
        - fog: L = L f + L_fog (1 - f), f = exp(-r / 60 m) with r the distance along the ray; the sky
          becomes fog.
     5. Exposure 1 - exp(-k L) (k grows at night), sRGB gamma, 8 bit.
@@ -47,7 +48,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from simgen.renderers.scene3d import PALETTE, WET_GLOSS, Emitter, Frame, SemanticClass
+from simgen.renderers.scene3d import (
+    PALETTE,
+    WET_GLOSS,
+    Emitter,
+    Frame,
+    SemanticClass,
+    box_corners,
+)
 
 from simgen.types import LightState
 from simgen.types.sensors import CameraSpec, dot_rows, turn_about_z, world_from_sensor
@@ -151,6 +159,33 @@ def _camera_rays(cameras: tuple[CameraSpec, ...], av_pose: np.ndarray, frame: Fr
     return poses, np.concatenate(origins), np.concatenate(dirs), np.concatenate(t_max)
 
 
+def _agent_near_depth(frame: Frame, cameras: tuple[CameraSpec, ...], poses: list[np.ndarray]) -> np.ndarray:
+    """``[N]`` per stacked pixel: no agent is nearer than this depth (inf: no agent in that pixel).
+
+    A box in front of a camera covers the pixels inside the bounding rectangle of its projected corners,
+    no nearer than its nearest corner's depth (depth is linear, so a convex box's minimum sits at a
+    corner). A box that crosses the camera plane may cover any pixel from depth 0 (step 1)."""
+    corners = box_corners(frame.agent_boxes)  # [K, 8, 3] local frame
+    out = []
+    for cam, pose in zip(cameras, poses):
+        near = np.full((cam.height, cam.width), np.inf, np.float32)
+        points = (corners - frame.to_local(pose[:3, 3])) @ pose[:3, :3]  # camera frame
+        depth = points[..., 2]
+        ahead = depth.max(1) > 0
+        u = cam.fx * points[..., 0] / np.maximum(depth, 1e-6) + cam.cx
+        v = cam.fy * points[..., 1] / np.maximum(depth, 1e-6) + cam.cy
+        for k in np.flatnonzero(ahead):
+            if depth[k].min() <= 1e-3:
+                near[:] = 0.0
+                continue
+            c0, c1 = max(int(np.floor(u[k].min())), 0), min(int(np.ceil(u[k].max())) + 1, cam.width)
+            r0, r1 = max(int(np.floor(v[k].min())), 0), min(int(np.ceil(v[k].max())) + 1, cam.height)
+            if c0 < c1 and r0 < r1:
+                near[r0:r1, c0:c1] = np.minimum(near[r0:r1, c0:c1], depth[k].min())
+        out.append(near.reshape(-1))
+    return np.concatenate(out)
+
+
 def sky_radiance(omega: np.ndarray, sun: np.ndarray, daylight: float) -> np.ndarray:
     """``[N, 3]`` linear sky colour S(ω) seen along unit directions ``omega [N, 3]``."""
     up = np.clip(omega[:, 2:3], 0.0, 1.0)
@@ -170,7 +205,7 @@ def render_cameras(frame: Frame, cameras: tuple[CameraSpec, ...], av_pose: np.nd
     clock = time.perf_counter()
     timings = {} if timings is None else timings
     poses, origins, dirs, t_max = _camera_rays(cameras, av_pose, frame)
-    hits = frame.cast(origins, dirs, t_max)  # 1
+    hits = frame.cast(origins, dirs, t_max, _agent_near_depth(frame, cameras, poses))  # 1
     length = np.linalg.norm(dirs, axis=1)
     omega = dirs / length[:, None]
     normal = frame.attribute(hits, "normal")
@@ -191,8 +226,8 @@ def render_cameras(frame: Frame, cameras: tuple[CameraSpec, ...], av_pose: np.nd
         n, shape = cam.width * cam.height, (cam.height, cam.width)
         pixels = slice(start, start + n)
         colour = radiance[pixels].reshape(*shape, 3)
-        if conditions.weather == "rain":
-            colour = _rain_streaks(colour, np.random.default_rng([seed, step, index]))
+        if conditions.weather == "rain":  # reduced contrast, then streaks
+            colour = _rain_streaks(colour * 0.75 + colour.mean() * 0.25, np.random.default_rng([seed, step, index]))
         out[cam.name] = CameraImages(
             rgb=_expose(colour, daylight),  # 5
             depth_m=np.where(hits.hit[pixels], hits.t[pixels], 0.0).astype(np.float32).reshape(shape),
@@ -242,8 +277,6 @@ def _shade(frame: Frame, g: _Geometry, sun: np.ndarray, daylight: float, lit: np
         visibility = FOG_VISIBILITY_M if fog else RAIN_VISIBILITY_M
         keep = np.where(hit, np.exp(-g.distance_m / visibility), 0.0 if fog else 0.6)[:, None]
         radiance = radiance * keep + haze_colour * (1 - keep)
-    if rain:
-        radiance = radiance * 0.75 + radiance.mean() * 0.25
     return radiance.astype(np.float32)
 
 

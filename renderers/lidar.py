@@ -39,7 +39,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from simgen.renderers.scene3d import PALETTE, REFLECTIVITY, Frame
+from simgen.renderers.scene3d import PALETTE, REFLECTIVITY, Frame, box_corners
 
 from simgen.types.sensors import LidarSpec, dot_rows, turn_about_z, world_from_sensor
 
@@ -97,9 +97,8 @@ def _agent_near_t(frame: Frame, spec: LidarSpec, world_from_lidar: np.ndarray, h
     if (distance <= radius).any():
         return None
     centre = np.arctan2(offset[:, 1], offset[:, 0])
-    c, s = np.cos(boxes[:, 4])[:, None], np.sin(boxes[:, 4])[:, None]
-    along, across = boxes[:, 5:6] / 2 * np.array([1, 1, -1, -1]), boxes[:, 6:7] / 2 * np.array([1, -1, -1, 1])
-    corner_azimuth = np.arctan2(offset[:, 1:2] + s * along + c * across, offset[:, 0:1] + c * along - s * across)
+    corners = box_corners(boxes)[:, :4, :2] - origin[:2]  # [K, 4, 2]
+    corner_azimuth = np.arctan2(corners[..., 1], corners[..., 0])
     spread = np.angle(np.exp(1j * (corner_azimuth - centre[:, None])))  # [K, 4] relative to the centre, rad
     azimuth = centre - heading - np.radians(spec.mount.yaw_deg)
     width = spec.columns

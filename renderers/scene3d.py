@@ -593,6 +593,17 @@ def agent_boxes(state: SceneState, step: int, origin_xy: np.ndarray, include_av:
                      pick("heading"), pick("length"), pick("width")], -1).reshape(-1, 7)
 
 
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """``[K, 7]`` boxes (``agent_boxes``) -> ``[K, 8, 3]`` corners: the bottom four (front-left first, then
+    clockwise seen from above), then the top four."""
+    x, y, z0, z1, heading, length, width = (boxes[:, i:i + 1] for i in range(7))
+    c, s = np.cos(heading), np.sin(heading)
+    along = length / 2 * np.array([1.0, 1.0, -1.0, -1.0] * 2)
+    across = width / 2 * np.array([1.0, -1.0, -1.0, 1.0] * 2)
+    z = np.where(np.arange(8) < 4, z0, z1)
+    return np.stack([x + c * along - s * across, y + s * along + c * across, z], -1)
+
+
 def agent_mesh(state: SceneState, step: int, origin_xy: np.ndarray, include_av: bool = False) -> Mesh:
     """Every valid agent at ``step`` (all agents of a template at once), local frame; instance ``1 + slot``."""
     if not _TEMPLATES:

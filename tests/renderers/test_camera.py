@@ -142,3 +142,16 @@ def test_time_of_day_and_sun():
     assert noon[2] > 0.8 and noon[1] < 0, "the noon sun is high in the south"
     assert morning[0] > 0, "the morning sun is in the east"
     assert midnight[2] < 0
+
+
+def test_agent_pixel_culling_loses_nothing(scene, rig, clear, monkeypatch):
+    """Only pixels that can see an agent query the agents' BVH; sending every pixel gives the same images."""
+    from simgen.renderers import camera
+
+    frame, _, av_pose = scene
+    monkeypatch.setattr(camera, "_agent_near_depth", lambda *args: None)
+    full = render_cameras(frame, rig.cameras, av_pose, Conditions("clear", "12:00"), seed=3, step=STEP)
+    assert sum((images.instance == AGENT_INSTANCE_BASE + 1).sum() for images in full.values()) > 100
+    for name, images in clear.items():
+        for key in ("depth_m", "semantic", "instance", "rgb"):
+            assert np.array_equal(getattr(images, key), getattr(full[name], key)), (name, key)
