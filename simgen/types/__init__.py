@@ -8,9 +8,10 @@ from simgen.types.agents import DT_S, Action, AgentMeta, AgentTrajectory, AgentT
 from simgen.types.lights import LIGHT_STATE_FROM_SUMO, LightState, TrafficLights, light_states_from_sumo
 from simgen.types.roadmap import LaneKind, RoadMap
 from simgen.types.scene import NUM_FUTURE_STEPS, NUM_HISTORY_STEPS, Rollout, SceneState
+from simgen.types.sensors import CameraSpec, LidarSpec, Mount, SensorRig
 
 __all__ = [
     "DT_S", "NUM_HISTORY_STEPS", "NUM_FUTURE_STEPS", "Action", "AgentMeta", "AgentTrajectory", "AgentType",
     "LIGHT_STATE_FROM_SUMO", "LightState", "TrafficLights", "light_states_from_sumo", "LaneKind", "RoadMap",
-    "SceneState", "Rollout",
+    "SceneState", "Rollout", "CameraSpec", "LidarSpec", "Mount", "SensorRig",
 ]
