@@ -88,7 +88,8 @@ def main() -> None:
         reference_returns(frame, spec, result.world_from_lidar, r, c)
         twin_s = time.perf_counter() - tic
         fast_rays_per_s = spec.beams * spec.columns / (sweep.min() / 1e3)
-        print(f"slow twin (trimesh native, {args.twin_rays} rays incl. its setup): {args.twin_rays / twin_s:,.0f} rays/s"
+        print(f"slow twin (trimesh native, {args.twin_rays} rays incl. its setup): "
+              f"{args.twin_rays / twin_s:,.0f} rays/s"
               f" vs sweep {fast_rays_per_s:,.0f} rays/s ({fast_rays_per_s / (args.twin_rays / twin_s):,.0f}x)")
 
 

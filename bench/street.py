@@ -4,7 +4,8 @@
 
 The AV (slot 0) stands 40% along the driving lane closest to the map's centre, heading along it.
 Other agents stand on driving lanes (vehicles: 85% cars, 15% trucks and buses) and sidewalks
-(pedestrians, cyclists) within 60 m of it and 5 m apart, drawn under ``seed`` (fewer if they do not fit). One step, every light slot GO.
+(pedestrians, cyclists) within 60 m of it and 5 m apart, drawn under ``seed`` (fewer if they do not
+fit). One step, every light slot GO.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def street_scene(blocks: int = 4, agents: int = 40, seed: int = 0) -> tuple[Road
     av_xy = np.array(rows[0][:2])
     av_point = shapely.Point(av_xy)
     near = [i for i in range(len(lines)) if len(lines[i]) >= 2 and not junction[i]
-            and kind[i] in (LaneKind.DRIVING, LaneKind.SIDEWALK) and shapely.LineString(lines[i]).distance(av_point) < 50]
+            and kind[i] in (LaneKind.DRIVING, LaneKind.SIDEWALK)
+            and shapely.LineString(lines[i]).distance(av_point) < 50]
     for _ in range(100 * agents):
         if len(rows) > agents:
             break

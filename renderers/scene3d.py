@@ -630,8 +630,10 @@ def agent_mesh(state: SceneState, step: int, origin_xy: np.ndarray, include_av: 
         colours = PAINTS[slots[rows] % len(PAINTS)]  # [n, 3]
         albedo = np.where(paint[None, :, None], colours[:, None, :], template.albedo[None])
         meshes.append(Mesh(world.reshape(-1, 3).astype(np.float32), faces.astype(np.int32),
-                           np.tile(template.semantic, n), np.repeat(AGENT_INSTANCE_BASE + slots[rows], nf).astype(np.int32),
-                           albedo.reshape(-1, 3).astype(np.float32), np.tile(template.emitter, n), np.tile(template.head, n)))
+                           np.tile(template.semantic, n),
+                           np.repeat(AGENT_INSTANCE_BASE + slots[rows], nf).astype(np.int32),
+                           albedo.reshape(-1, 3).astype(np.float32), np.tile(template.emitter, n),
+                           np.tile(template.head, n)))
     return Mesh.concat(meshes)
 
 

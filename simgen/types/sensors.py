@@ -151,5 +151,7 @@ def turn_about_z(vectors: np.ndarray, angle_rad: float) -> np.ndarray:
 
 
 def dot_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot products of ``a [N, 3]`` with ``b [N, 3]`` or ``[3]`` -> ``[N]`` (elementwise, see ``turn_about_z``)."""
+    """Row-wise dot products of ``a [N, 3]`` with ``b [N, 3]`` or ``[3]`` -> ``[N]``.
+
+    Elementwise, for the reason given in ``turn_about_z``."""
     return a[:, 0] * b[..., 0] + a[:, 1] * b[..., 1] + a[:, 2] * b[..., 2]
