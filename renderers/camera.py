@@ -48,14 +48,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from simgen.renderers.scene3d import (
-    PALETTE,
-    WET_GLOSS,
-    Emitter,
-    Frame,
-    SemanticClass,
-    box_corners,
-)
+from simgen.renderers.scene3d import WET_GLOSS, Emitter, Frame, Hits, box_corners
 
 from simgen.types import LightState
 from simgen.types.sensors import CameraSpec, dot_rows, turn_about_z, world_from_sensor
@@ -132,7 +125,7 @@ class CameraImages:
 class _Geometry:
     """Step 1 for all cameras' pixels stacked: ``[N]`` per pixel (N = sum of H W)."""
 
-    hits: object  # scene3d.Hits
+    hits: Hits
     origins: np.ndarray  # [N, 3] local frame
     omega: np.ndarray  # [N, 3] unit ray directions
     distance_m: np.ndarray  # [N] along the ray (0 for sky)
@@ -345,7 +338,3 @@ def _expose(radiance: np.ndarray, daylight: float) -> np.ndarray:
     mapped = 1.0 - np.exp(-exposure * radiance)
     return (np.clip(mapped, 0.0, 1.0) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)
 
-
-def semantic_image(semantic: np.ndarray) -> np.ndarray:
-    """``[H, W]`` classes -> ``[H, W, 3]`` uint8 palette colours (``scene3d.PALETTE``)."""
-    return PALETTE[np.minimum(semantic, len(SemanticClass) - 1)]

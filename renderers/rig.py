@@ -116,13 +116,14 @@ class RigModel(_Strict):
 
 def rig_path(spec: str | Path) -> Path:
     """A bundled rig name (``default``) or a YAML path -> the file."""
-    bundled = RIG_DIR / f"{spec}.yaml"
-    if str(spec) and "/" not in str(spec) and not str(spec).endswith((".yaml", ".yml")):
-        if not bundled.is_file():
-            names = ", ".join(sorted(p.stem for p in RIG_DIR.glob("*.yaml")))
-            raise RigError(f"unknown sensor rig '{spec}'; bundled rigs: {names}; or give a path to a rig YAML")
-        return bundled
-    return Path(spec)
+    text = str(spec)
+    if "/" in text or text.endswith((".yaml", ".yml")):
+        return Path(text)
+    bundled = RIG_DIR / f"{text}.yaml"
+    if not bundled.is_file():
+        names = ", ".join(sorted(p.stem for p in RIG_DIR.glob("*.yaml")))
+        raise RigError(f"unknown sensor rig '{text}'; bundled rigs: {names}; or give a path to a rig YAML")
+    return bundled
 
 
 def parse_rig(data: object, source: str = "<rig>") -> SensorRig:
