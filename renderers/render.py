@@ -184,11 +184,12 @@ def contact_sheet(views: dict, sweep, rig: SensorRig) -> np.ndarray:
     """All camera RGB images and the lidar's top view in one picture, labelled.
 
     The default rig's eight cameras sit around the lidar view as they sit around the car (front row on
-    top); other rigs fill a grid in rig order with the lidar view last. Tiles take the first camera's size."""
+    top); other rigs fill a grid in rig order with the lidar view last. Tiles take the first camera's size;
+    a sensor that was not rendered leaves its place black."""
     width, height = (rig.cameras[0].width, rig.cameras[0].height) if rig.cameras else (480, 320)
     tiles = {name: Image.fromarray(v.rgb).resize((width, height)) for name, v in views.items()}
-    tiles["lidar"] = Image.fromarray(bev_image(sweep, width, height) if sweep is not None
-                                     else np.zeros((height, width, 3), np.uint8))
+    if sweep is not None:
+        tiles["lidar"] = Image.fromarray(bev_image(sweep, width, height))
     names = [c.name for c in rig.cameras]
     if sorted(names) == sorted(n for row in SURROUND for n in row if n):
         layout = [[n or "lidar" for n in row] for row in SURROUND]
