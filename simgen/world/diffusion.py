@@ -15,19 +15,26 @@ slightly noisy near frames and pure-noise far frames at once.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
-from diffusers import DDIMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def make_scheduler() -> DDIMScheduler:
+def make_scheduler():
+    """diffusers' ``DDIMScheduler`` with simgen's settings (imported here: diffusers takes seconds to import)."""
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
                          prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True,
                          timestep_spacing="leading")
 
 
-_ALPHA_BAR = torch.cat([torch.ones(1), make_scheduler().alphas_cumprod.float()])  # [1001], index round(τ * 1000)
+@lru_cache(maxsize=1)
+def _alpha_bar_table() -> torch.Tensor:
+    """``[1001]`` ᾱ indexed by ``round(τ * 1000)``: 1 (clean), then the scheduler's ``alphas_cumprod``."""
+    return torch.cat([torch.ones(1), make_scheduler().alphas_cumprod.float()])
 
 
 def level_of_timestep(t: torch.Tensor | int) -> torch.Tensor:
@@ -38,7 +45,7 @@ def level_of_timestep(t: torch.Tensor | int) -> torch.Tensor:
 def alpha_bar(level: torch.Tensor) -> torch.Tensor:
     """ᾱ at noise levels ``level`` (any shape), snapped to the schedule's grid."""
     index = (level * NUM_TRAIN_TIMESTEPS).round().long().clamp(0, NUM_TRAIN_TIMESTEPS)
-    return _ALPHA_BAR[index]
+    return _alpha_bar_table()[index]
 
 
 def _coefficients(level: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

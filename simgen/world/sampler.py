@@ -187,10 +187,17 @@ class WorldSampler:
         self.options = options
         self.context = context or MapContext.of(roadmap)
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
-        self.scheduler = make_scheduler()
+        self._scheduler = None
         W = model.future
         self.levels = torch.arange(1, W + 1) / W  # τ_k before a call
         self.offsets = torch.tensor([*HISTORY_OFFSETS, *range(1, W + 1)])
+
+    @property
+    def scheduler(self):
+        """diffusers' scheduler, made on first use (the full sampler and ``initialize`` need its timesteps)."""
+        if self._scheduler is None:
+            self._scheduler = make_scheduler()
+        return self._scheduler
 
     # --- inputs ------------------------------------------------------------------
     def _pose(self, scenes: list[SceneState]) -> torch.Tensor:
