@@ -2,7 +2,8 @@
 denoising step (SceneDiffuser), each moving whole trajectories, plus a final check of the executed frame.
 
 All functions take agent channels ``[B, A, F, AGENT_CHANNELS]`` (tokenizer
-layout, AV frame of ``pose [B, 3]``) for the F future frames and return new ones.
+layout, AV frame of ``pose [B, 3]``, positions relative to the agents'
+anchors ``[B, A, 2]``) for the F future frames and return new ones.
 
 1. ``soft_clip``: scale every feature by the predicted validity probability
    ``p = clamp((valid + 1) / 2, 0, 1)`` (SceneDiffuser++ soft clipping).
@@ -31,6 +32,7 @@ from simgen.metrics.features import signed_distance_to_rings
 from simgen.types import RoadMap
 from simgen.world.tokenizer import (
     COS,
+    DELTA_SCALE_M,
     POS_SCALE_M,
     SIN,
     SIZE,
@@ -40,6 +42,7 @@ from simgen.world.tokenizer import (
     VALID,
     X,
     Y,
+    local_positions,
     to_world,
 )
 
@@ -109,30 +112,32 @@ class OnRoad:
                          + (v01 * (1 - f[:, 0]) + v11 * f[:, 0]) * f[:, 1])
         return out
 
-    def outside(self, x0: torch.Tensor, pose: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    def outside(self, x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor, exact: bool = False
+                ) -> torch.Tensor:
         """``[B, A, F]`` the largest corner distance outside the road edge (m; <= 0 inside): exact, or from
         the raster (``raster_distance``)."""
-        corners = _corners_world(x0, pose).reshape(-1, 2)  # [B * A * F * 4, 2]
+        corners = _corners_world(x0, pose, anchor).reshape(-1, 2)  # [B * A * F * 4, 2]
         if not exact:
             return self.raster_distance(corners).reshape(*x0.shape[:3], 4).amax(-1)
         return signed_distance_to_rings(corners, self.a, self.b).reshape(*x0.shape[:3], 4).amax(-1)
 
-    def project(self, x0: torch.Tensor, pose: torch.Tensor, lane_local: torch.Tensor,
+    def project(self, x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor, lane_local: torch.Tensor,
                 lane_valid: torch.Tensor) -> torch.Tensor:
-        """Move offroad vehicle tokens toward lanes. ``lane_local [B, N, 2]`` driving-lane points (AV frame,
-        scaled as the tokens) with their direction ``[B, N, 2]`` in ``lane_local[..., 2:]``; ``lane_valid [B, N]``."""
+        """Move offroad vehicle tokens toward lanes. ``lane_local [B, N, 4]``: driving-lane points (AV frame,
+        m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``."""
         vehicle = is_vehicle(x0)
-        off = (self.outside(x0, pose) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
+        off = (self.outside(x0, pose, anchor) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
             return x0
         b, a, f = off.nonzero().unbind(-1)
         tokens = x0[b, a, f][:, None, None]  # [n, 1, 1, C]: only the offroad tokens are searched
-        target = _nearest_lane(x0, lane_local, lane_valid)[b, a, f][:, None, None]  # [n, 1, 1, 4]
+        token_anchor = anchor[b, a][:, None]  # [n, 1, 2]
+        target = _nearest_lane(x0, anchor, lane_local, lane_valid)[b, a, f][:, None, None]  # [n, 1, 1, 4]
         lo = torch.zeros(len(b), 1, 1, dtype=x0.dtype)
         hi = torch.ones_like(lo)
         for _ in range(BISECTION_STEPS):  # smallest blend that is inside (monotone enough in practice)
             mid = (lo + hi) / 2
-            inside = self.outside(_blend(tokens, target, mid), pose[b]) <= -ROAD_MARGIN_M
+            inside = self.outside(_blend(tokens, target, mid), pose[b], token_anchor) <= -ROAD_MARGIN_M
             hi = torch.where(inside, mid, hi)
             lo = torch.where(inside, lo, mid)
         moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]
@@ -152,9 +157,10 @@ class OnRoad:
         return signed_distance_to_rings(corners.reshape(-1, 2), self.a, self.b).reshape(-1, 4).amax(-1)
 
 
-def _corners_world(x0: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+def _corners_world(x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """``[B, A, F, 4, 2]`` box corners (m, world frame, float64) of the tokens."""
-    lx, ly = x0[..., X].double() * POS_SCALE_M, x0[..., Y].double() * POS_SCALE_M
+    local = local_positions(x0, anchor)
+    lx, ly = local[..., 0], local[..., 1]
     heading = torch.atan2(x0[..., SIN], x0[..., COS]).double()
     x, y, h = to_world(lx, ly, heading, pose.double())
     size = (x0[..., SIZE].double() * SIZE_SCALE_M.double() + SIZE_MEAN_M.double()).clamp_min(0.2)
@@ -170,15 +176,17 @@ def box_corners(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, half_le
     return torch.stack([x[..., None] + along * cos - across * sin, y[..., None] + along * sin + across * cos], -1)
 
 
-def _nearest_lane(x0: torch.Tensor, lanes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per token, the nearest lane point and its direction, aligned with the token's heading: ``[B, A, F, 4]``
-    (x, y scaled; sin, cos)."""
+def _nearest_lane(x0: torch.Tensor, anchor: torch.Tensor, lanes: torch.Tensor, valid: torch.Tensor
+                  ) -> torch.Tensor:
+    """Per token, the nearest lane point (in the token's units: relative to its anchor) and the lane's
+    direction aligned with the token's heading: ``[B, A, F, 4]`` (x, y; sin, cos)."""
     B, A, F, _ = x0.shape
-    pos = x0[..., X:Y + 1].reshape(B, A * F, 2)
+    pos = (local_positions(x0, anchor) / POS_SCALE_M).float().reshape(B, A * F, 2)
     d = torch.cdist(pos, lanes[..., :2])  # [B, AF, N]
     d = torch.where(valid[:, None], d, math.inf)
     index = d.argmin(-1)  # [B, AF]
-    picked = torch.gather(lanes, 1, index[..., None].expand(-1, -1, 4)).reshape(B, A, F, 4)
+    picked = torch.gather(lanes, 1, index[..., None].expand(-1, -1, 4)).reshape(B, A, F, 4).clone()
+    picked[..., :2] = (picked[..., :2] * POS_SCALE_M - anchor[:, :, None].float()) / DELTA_SCALE_M
     # direction as (cos, sin) in picked[..., 2:]; flip it to the side the token faces
     cos, sin = picked[..., 2], picked[..., 3]
     facing = cos * x0[..., COS] + sin * x0[..., SIN] >= 0

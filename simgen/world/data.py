@@ -29,10 +29,13 @@ from simgen.io import load_logs
 from simgen.types import LightState, RoadMap, SceneState
 from simgen.world.tokenizer import (
     AGENT_CHANNELS,
+    AGENT_COND,
     HISTORY_OFFSETS,
     LIGHT_CHANNELS,
     LIGHT_COND,
     MapBank,
+    agent_anchor,
+    agent_condition,
     approach_heading,
     encode_agents,
     encode_light_states,
@@ -80,11 +83,14 @@ def make_example(scene: SceneState, context: MapContext, current: int, future: i
     rows = rows[torch.argsort(nearest[rows], stable=True)][:max_agents]
     t = traj.index_axis("A", rows)
     size = torch.stack([t.length, t.width, t.height], dim=-1)
+    now = len(HISTORY_OFFSETS) - 1
+    anchor = agent_anchor(t.x.double(), t.y.double(), t.valid, pose, now)
     agents = encode_agents(t.x.double(), t.y.double(), t.heading.double(), size, scene.meta.agent_type[rows],
-                           t.valid, pose)
+                           t.valid, pose, anchor)
+    spare_anchor = torch.zeros(SPARE_SLOTS, 2, dtype=torch.float64)
     spare = encode_agents(*(torch.zeros(SPARE_SLOTS, len(frames), dtype=torch.float64) for _ in range(3)),
                           torch.zeros(SPARE_SLOTS, len(frames), 3), torch.zeros(SPARE_SLOTS, dtype=torch.int8),
-                          torch.zeros(SPARE_SLOTS, len(frames), dtype=torch.bool), pose)
+                          torch.zeros(SPARE_SLOTS, len(frames), dtype=torch.bool), pose, spare_anchor)
     lights = scene.lights.index_axis("T", frames)
     known = lights.valid & (lights.state != LightState.UNKNOWN)
     slots = torch.nonzero(known.any(-1)).flatten()
@@ -94,6 +100,8 @@ def make_example(scene: SceneState, context: MapContext, current: int, future: i
     feats, map_valid = map_features(context.bank, pose[None])
     return {
         "agents": torch.cat([agents, spare]),
+        "agent_cond": agent_condition(torch.cat([anchor, spare_anchor]),
+                                      torch.cat([t.valid[:, now], torch.zeros(SPARE_SLOTS, dtype=torch.bool)])),
         "is_av": torch.arange(len(rows) + SPARE_SLOTS) == 0,
         "lights": encode_light_states(lights.state[slots]),
         "light_valid": known[slots],
@@ -112,7 +120,7 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     T = examples[0]["agents"].shape[1]
     out = {
         "agents": torch.zeros(B, A, T, AGENT_CHANNELS), "agent_mask": torch.zeros(B, A, dtype=torch.bool),
-        "is_av": torch.zeros(B, A, dtype=torch.bool),
+        "is_av": torch.zeros(B, A, dtype=torch.bool), "agent_cond": torch.zeros(B, A, AGENT_COND),
         "lights": torch.zeros(B, S, T, LIGHT_CHANNELS), "light_valid": torch.zeros(B, S, T, dtype=torch.bool),
         "light_mask": torch.zeros(B, S, dtype=torch.bool), "light_cond": torch.zeros(B, S, LIGHT_COND),
         "map_features": torch.stack([e["map_features"] for e in examples]),
@@ -124,6 +132,7 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         out["agents"][b, :a] = e["agents"]
         out["agent_mask"][b, :a] = True
         out["is_av"][b, :a] = e["is_av"]
+        out["agent_cond"][b, :a] = e["agent_cond"]
         out["lights"][b, :s] = e["lights"]
         out["light_valid"][b, :s] = e["light_valid"]
         out["light_mask"][b, :s] = True

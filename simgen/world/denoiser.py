@@ -16,7 +16,7 @@ Notation
 Forward
 -------
 
-1. Tokens. Agents: ``[x_τ, given, given · x_0, is_av]`` -> Linear -> D;
+1. Tokens. Agents: ``[x_τ, given, given · x_0, is_av, anchor condition]`` -> Linear -> D;
    lights: ``[x_τ, given, given · x_0, condition, valid]`` -> Linear -> D.
    ``x_τ`` is the noisy sample, ``x_0`` the clean value of *given* tokens
    (history, the inpainted AV, user-fixed agents). Both get a sinusoidal
@@ -48,6 +48,7 @@ from torch import nn
 
 from simgen.world.tokenizer import (
     AGENT_CHANNELS,
+    AGENT_COND,
     LIGHT_CHANNELS,
     LIGHT_COND,
     MAP_FEATURES,
@@ -75,6 +76,7 @@ class DenoiserInput:
     agent_clean: torch.Tensor  # [B, A, T, AGENT_CHANNELS] clean values where given (else anything)
     agent_mask: torch.Tensor  # [B, A] slot takes part (occupied or spare); False = padding
     is_av: torch.Tensor  # [B, A]
+    agent_cond: torch.Tensor  # [B, A, AGENT_COND] anchor (tokenizer.agent_condition)
     lights: torch.Tensor  # [B, S, T, LIGHT_CHANNELS] noisy sample
     light_given: torch.Tensor  # [B, S, T]
     light_clean: torch.Tensor  # [B, S, T, LIGHT_CHANNELS]
@@ -188,7 +190,7 @@ class Denoiser(nn.Module):
         cfg = cfg or DenoiserConfig()
         self.cfg = cfg
         d = cfg.width
-        self.agent_in = nn.Linear(2 * AGENT_CHANNELS + 2, d)
+        self.agent_in = nn.Linear(2 * AGENT_CHANNELS + 2 + AGENT_COND, d)
         self.light_in = nn.Linear(2 * LIGHT_CHANNELS + 2 + LIGHT_COND, d)
         self.offset_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.cond_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
@@ -208,7 +210,8 @@ class Denoiser(nn.Module):
         agent_given = batch.agent_given[..., None].float()
         agents = self.agent_in(torch.cat([
             batch.agents, agent_given, agent_given * batch.agent_clean,
-            batch.is_av[:, :, None, None].float().expand(*batch.agent_given.shape, 1)], dim=-1))
+            batch.is_av[:, :, None, None].float().expand(*batch.agent_given.shape, 1),
+            batch.agent_cond[:, :, None].expand(-1, -1, batch.agents.shape[2], -1)], dim=-1))
         light_given = batch.light_given[..., None].float()
         T = batch.agents.shape[2]
         lights = self.light_in(torch.cat([

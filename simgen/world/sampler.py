@@ -85,11 +85,13 @@ from simgen.world.tokenizer import (
     COS,
     HISTORY_OFFSETS,
     LIGHT_CHANNELS,
-    POS_SCALE_M,
+    DELTA_SCALE_M,
     SIN,
     VALID,
     X,
     Y,
+    agent_anchor,
+    agent_condition,
     decode_agents,
     decode_light_states,
     encode_agents,
@@ -137,6 +139,17 @@ class WorldModel:
         return cls(denoiser=denoiser, future=int(config["future"]), sha256=digest)
 
 
+@dataclass(frozen=True)
+class Context:
+    """The executed history the model sees at one step, encoded (``WorldSampler._context``)."""
+
+    agents: torch.Tensor  # [B, A, H, AGENT_CHANNELS] context frames of every row
+    anchor: torch.Tensor  # [B, A, 2] float64 anchors: positions now, AV frame (m); 0 where not valid now
+    anchored: torch.Tensor  # [B, A] valid now
+    lights: torch.Tensor  # [B, S, H, LIGHT_CHANNELS]
+    known: torch.Tensor  # [B, S, H] light state known
+
+
 @dataclass
 class Carry:
     """The amortized sampler's state between steps (per batch)."""
@@ -144,6 +157,7 @@ class Carry:
     agents: torch.Tensor  # [B, A, W, AGENT_CHANNELS] noisy window, AV frame of ``pose``, every scene row
     lights: torch.Tensor  # [B, S, W, LIGHT_CHANNELS]
     pose: torch.Tensor  # [B, 3] float64 world-frame AV pose the window is expressed in
+    anchor: torch.Tensor  # [B, A, 2] float64 agents' anchors (m, AV frame of ``pose``) the window is relative to
     plan: torch.Tensor | None = None  # full sampler: [B, A, W, C] clean plan and [B, S, W, 3] lights
     plan_lights: torch.Tensor | None = None
     plan_age: int = 0
@@ -205,9 +219,9 @@ class WorldSampler:
         return torch.stack([torch.stack([s.traj.x[s.av_index, t], s.traj.y[s.av_index, t],
                                          s.traj.heading[s.av_index, t]]) for s in scenes]).double()
 
-    def _context(self, scenes: list[SceneState], pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context frames of every row ``[B, A, H, C]`` (invalid before the scene's first step) and lights
-        ``[B, S, H, 3]`` with their known mask ``[B, S, H]``."""
+    def _context(self, scenes: list[SceneState], pose: torch.Tensor) -> Context:
+        """Context frames of every row (invalid before the scene's first step), their anchors, and the
+        lights with their known mask."""
         t = scenes[0].step
         steps = torch.tensor([t + o for o in HISTORY_OFFSETS])
         inside = steps >= 0
@@ -217,17 +231,21 @@ class WorldSampler:
                                                                           "height", "valid")}
         size = torch.stack([stack["length"], stack["width"], stack["height"]], dim=-1)
         types = torch.stack([s.meta.agent_type for s in scenes])
+        valid = stack["valid"] & inside
+        now = len(HISTORY_OFFSETS) - 1
+        anchor = agent_anchor(stack["x"].double(), stack["y"].double(), valid, pose, now)
         agents = encode_agents(stack["x"].double(), stack["y"].double(), stack["heading"].double(), size, types,
-                               stack["valid"] & inside, pose)
+                               valid, pose, anchor)
         state = torch.stack([s.lights.state[:, steps] for s in scenes])
         known = torch.stack([s.lights.valid[:, steps] for s in scenes]) & (state != LightState.UNKNOWN) & inside
-        return agents, encode_light_states(torch.where(known, state, 0)), known
+        return Context(agents=agents, anchor=anchor, anchored=valid[..., now],
+                       lights=encode_light_states(torch.where(known, state, 0)), known=known)
 
-    def _rows(self, context: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
+    def _rows(self, context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
         """Scene rows the model computes this step (module docstring, "Rows")."""
         if fixed is not None:
             return fixed
-        occupied = (context[..., VALID] > 0).any(-1).any(0)  # [A]
+        occupied = (context.agents[..., VALID] > 0).any(-1).any(0)  # [A]
         free = (~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
         return torch.cat([occupied.nonzero().flatten(), free]).sort().values
 
@@ -244,11 +262,11 @@ class WorldSampler:
         d = torch.hypot(lights.stop_x[:, t].double() - pose[0, 0], lights.stop_y[:, t].double() - pose[0, 1])
         return torch.argsort(d, stable=True)[:MAX_LIGHTS].sort().values
 
-    def _input(self, scenes, pose, agents_future, lights_future, levels_future, rows, slots,
+    def _input(self, scenes, pose, context: Context, agents_future, lights_future, levels_future, rows, slots,
                given) -> tuple[DenoiserInput, torch.Tensor, torch.Tensor]:
         """Assemble the denoiser input over ``rows`` and light ``slots``; also returns the lane points for
         on-road projection ``[B, N, 4]`` and their mask."""
-        ctx_agents, ctx_lights, ctx_known = self._context(scenes, pose)
+        ctx_agents, ctx_lights, ctx_known = context.agents, context.lights, context.known
         B = len(scenes)
         H = len(HISTORY_OFFSETS)
         W = agents_future.shape[2]
@@ -283,14 +301,15 @@ class WorldSampler:
         inp = DenoiserInput(
             agents=agents, agent_given=agent_given, agent_clean=agent_clean,
             agent_mask=torch.ones(B, len(rows), dtype=torch.bool), is_av=is_av,
-            lights=lights_all, light_given=light_given, light_clean=light_clean, light_cond=cond,
+            agent_cond=agent_condition(context.anchor[:, rows], context.anchored[:, rows]), lights=lights_all,
+            light_given=light_given, light_clean=light_clean, light_cond=cond,
             light_valid=light_valid, light_mask=torch.ones(B, len(slots), dtype=torch.bool),
             map_features=feats, map_valid=map_valid, noise_level=levels, frame_offsets=self.offsets)
         lanes = feats[..., :4].reshape(B, -1, 4)
         lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(B, -1)
         return inp, lanes, lane_valid
 
-    def _given(self, scenes: list[SceneState], pose: torch.Tensor, num_rows: int):
+    def _given(self, scenes: list[SceneState], pose: torch.Tensor, anchor: torch.Tensor, num_rows: int):
         """Inpainted future tokens: (mask ``[B, A, W]``, values ``[B, A, W, C]``) of the fixed agents, or None."""
         if self.fixed is None:
             return None
@@ -304,7 +323,7 @@ class WorldSampler:
         valid = f.valid[:, steps] & inside
         values = encode_agents(f.x[:, steps].double()[None], f.y[:, steps].double()[None],
                                f.heading[:, steps].double()[None], size[None, :, None].expand(B, -1, W, 3), types,
-                               valid[None].expand(B, -1, -1), pose)
+                               valid[None].expand(B, -1, -1), pose, anchor[:, f.rows])
         mask = torch.zeros(B, num_rows, W, dtype=torch.bool)
         full = torch.zeros(B, num_rows, W, AGENT_CHANNELS)
         mask[:, f.rows] = inside[None, None].expand(B, len(f.rows), W)
@@ -313,13 +332,13 @@ class WorldSampler:
 
     # --- one denoiser call --------------------------------------------------------
     @torch.no_grad()
-    def _denoise(self, scenes, pose, carry: Carry, window_agents, window_lights, levels_future, rows,
-                 slots) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _denoise(self, scenes, pose, context: Context, carry: Carry, window_agents, window_lights, levels_future,
+                 rows, slots) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x̂_0 and ε̂ of the future frames of ``rows`` and ``slots`` after 𝒞. Returns
         (agents x̂_0, agents ε̂, lights x̂_0, lights ε̂)."""
-        given = self._given(scenes, pose, window_agents.shape[1])
-        inp, lanes, lane_valid = self._input(scenes, pose, window_agents, window_lights, levels_future, rows,
-                                             slots, given)
+        given = self._given(scenes, pose, context.anchor, window_agents.shape[1])
+        inp, lanes, lane_valid = self._input(scenes, pose, context, window_agents, window_lights, levels_future,
+                                             rows, slots, given)
         v_agents, v_lights = self.model.denoiser(inp)
         carry.calls += 1
         H = len(HISTORY_OFFSETS)
@@ -328,17 +347,17 @@ class WorldSampler:
         x0, eps = predict_clean(inp.agents, v_agents, levels)
         l0, leps = predict_clean(inp.lights, v_lights, levels)
         x0, eps, l0, leps = x0[:, :, H:], eps[:, :, H:], l0[:, :, H:], leps[:, :, H:]
-        x0 = self._constrain(x0, pose, rows, scenes, lanes, lane_valid, given)
+        x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given)
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, rows, scenes, lanes, lane_valid, given) -> torch.Tensor:
+    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given) -> torch.Tensor:
         x0 = C.soft_clip(x0)
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, lanes, lane_valid)
+            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid)
         if given is not None:
             mask, values = given
             x0 = C.inpaint(x0, mask[:, rows], values[:, rows])
@@ -352,6 +371,7 @@ class WorldSampler:
         pose = self._pose(scenes)
         carry = Carry(agents=torch.randn(B, A, W, AGENT_CHANNELS, generator=generator),
                       lights=torch.randn(B, S, W, LIGHT_CHANNELS, generator=generator), pose=pose,
+                      anchor=self._context(scenes, pose).anchor,
                       next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1)
         if self.options.kind == "amortized":
             x0, l0 = self._full_denoise(scenes, carry, generator)
@@ -364,7 +384,8 @@ class WorldSampler:
         every row ``[B, A, W, C]`` (rows the model did not compute stay as they were)."""
         pose = carry.pose
         B, A, W, _ = carry.agents.shape
-        rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
+        context = self._context(scenes, pose)
+        rows = self._rows(context, None if self.options.spawn else _fixed_rows(scenes))
         slots = self._light_slots(scenes, pose)
         agents = torch.randn(B, A, W, AGENT_CHANNELS, generator=generator)
         lights = torch.randn(B, carry.lights.shape[1], W, LIGHT_CHANNELS, generator=generator)
@@ -373,7 +394,7 @@ class WorldSampler:
         for i, t in enumerate(timesteps):
             level = level_of_timestep(t).expand(W)
             nxt = level_of_timestep(timesteps[i + 1]).expand(W) if i + 1 < len(timesteps) else torch.zeros(W)
-            x0, eps, l0, leps = self._denoise(scenes, pose, carry, agents, lights, level, rows, slots)
+            x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, agents, lights, level, rows, slots)
             agents[:, rows] = ddim_step(x0, eps, nxt[None].expand(B, W))
             lights[:, slots] = ddim_step(l0, leps, nxt[None].expand(B, W))
         return agents, lights
@@ -384,45 +405,46 @@ class WorldSampler:
         pose = self._pose(scenes)
         B = len(scenes)
         W = self.model.future
+        context = self._context(scenes, pose)
+        rows = self._rows(context, None if self.options.spawn else _fixed_rows(scenes))
         if self.options.kind == "amortized":
-            carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels)
-            carry.pose = pose
-            rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
+            carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels, carry.anchor, context.anchor)
+            carry.pose, carry.anchor = pose, context.anchor
             slots = self._light_slots(scenes, pose)
-            x0, eps, l0, leps = self._denoise(scenes, pose, carry, carry.agents, carry.lights, self.levels, rows,
-                                              slots)
+            x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, carry.agents, carry.lights, self.levels,
+                                              rows, slots)
             lower = (self.levels - 1 / W)[None].expand(B, W)
             window = carry.agents.clone()
             window[:, rows] = ddim_step(x0, eps, lower)
             light_window = carry.lights.clone()
             light_window[:, slots] = ddim_step(l0, leps, lower)
-            frame, light_frame, frame_pose = window[:, :, 0], light_window[:, :, 0], pose
+            frame, light_frame, frame_pose, frame_anchor = window[:, :, 0], light_window[:, :, 0], pose, carry.anchor
             carry.agents = torch.cat([window[:, :, 1:], torch.randn(*window.shape[:2], 1, AGENT_CHANNELS,
                                                                      generator=generator)], dim=2)
             carry.lights = torch.cat([light_window[:, :, 1:], torch.randn(*light_window.shape[:2], 1,
                                                                            LIGHT_CHANNELS, generator=generator)], 2)
         else:
             if carry.plan is None or carry.plan_age >= self.options.replan_every:
-                carry.pose = pose
+                carry.pose, carry.anchor = pose, context.anchor
                 carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator)
                 carry.plan_age = 0
             # the plan stays in the frame of the pose it was made at
-            frame, light_frame, frame_pose = (carry.plan[:, :, carry.plan_age],
-                                              carry.plan_lights[:, :, carry.plan_age], carry.pose)
+            frame, light_frame, frame_pose, frame_anchor = (carry.plan[:, :, carry.plan_age],
+                                                            carry.plan_lights[:, :, carry.plan_age], carry.pose,
+                                                            carry.anchor)
             carry.plan_age += 1
-            rows = self._rows(self._context(scenes, pose)[0], None if self.options.spawn else _fixed_rows(scenes))
         if not self.options.spawn:
             frame[..., VALID] = 1.0
-        actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], pose[b], carry)
-                   for b in range(B)]
+        actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], frame_anchor[b], pose[b],
+                                carry) for b in range(B)]
         return actions, carry
 
     def _action(self, scene: SceneState, frame: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
-                frame_pose: torch.Tensor, av_pose: torch.Tensor, carry: Carry) -> Action:
-        """The executed frame (in the AV frame of ``frame_pose``) of one scene as an ``Action`` for its
-        controlled rows."""
+                frame_pose: torch.Tensor, frame_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry) -> Action:
+        """The executed frame (in the AV frame of ``frame_pose``, relative to ``frame_anchor``) of one scene as
+        an ``Action`` for its controlled rows."""
         t = scene.step
-        decoded = decode_agents(frame[:, None], frame_pose)
+        decoded = decode_agents(frame[:, None], frame_pose, frame_anchor)
         traj, meta = scene.traj, scene.meta
         controlled = torch.zeros(scene.num_agents, dtype=torch.bool)
         controlled[rows] = True
@@ -499,6 +521,7 @@ class WorldSampler:
         agents = torch.randn(1, num_agents, T, AGENT_CHANNELS, generator=generator)
         lights = torch.randn(1, S, T, LIGHT_CHANNELS, generator=generator)
         is_av = torch.arange(num_agents)[None] == 0
+        unanchored = torch.zeros(1, num_agents, 2, dtype=torch.float64)  # nothing is known: positions are absolute
         self.scheduler.set_timesteps(self.options.full_steps)
         timesteps = self.scheduler.timesteps.tolist()
         for i, t in enumerate(timesteps):
@@ -506,7 +529,8 @@ class WorldSampler:
             nxt = (level_of_timestep(timesteps[i + 1]) if i + 1 < len(timesteps) else torch.tensor(0.0)).expand(1, T)
             inp = DenoiserInput(
                 agents=agents, agent_given=torch.zeros(1, num_agents, T, dtype=torch.bool), agent_clean=agents,
-                agent_mask=torch.ones(1, num_agents, dtype=torch.bool), is_av=is_av, lights=lights,
+                agent_mask=torch.ones(1, num_agents, dtype=torch.bool), is_av=is_av,
+                agent_cond=agent_condition(unanchored, torch.zeros(1, num_agents, dtype=torch.bool)), lights=lights,
                 light_given=torch.zeros(1, S, T, dtype=torch.bool), light_clean=lights, light_cond=cond,
                 light_valid=torch.ones(1, S, T, dtype=torch.bool), light_mask=torch.ones(1, S, dtype=torch.bool),
                 map_features=feats, map_valid=map_valid, noise_level=level,
@@ -516,10 +540,10 @@ class WorldSampler:
             l0, leps = predict_clean(lights, v_lights, level)
             x0 = C.keep_valid(C.soft_clip(x0), is_av)
             if self.on_road is not None:
-                x0 = self.on_road.project(x0, pose, lanes, lane_valid)
+                x0 = self.on_road.project(x0, pose, unanchored, lanes, lane_valid)
             x0[:, 0, H - 1, X:COS + 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the AV is at ``pose`` now
             agents, lights = ddim_step(x0, eps, nxt), ddim_step(l0, leps, nxt)
-        decoded = decode_agents(agents[0, :, :H], pose[0])  # [A, H] context frames
+        decoded = decode_agents(agents[0, :, :H], pose[0], unanchored[0])  # [A, H] context frames
         offsets = torch.tensor(HISTORY_OFFSETS, dtype=torch.float64) - HISTORY_OFFSETS[0]  # steps 0..10
         steps = torch.arange(int(offsets[-1]) + 1, dtype=torch.float64)
         k = torch.searchsorted(offsets, steps, right=True).clamp(1, H - 1)
@@ -584,16 +608,25 @@ def _renoise(window: torch.Tensor, x0: torch.Tensor, levels: torch.Tensor, gener
     return add_noise(x0, noise, levels[None].expand(x0.shape[0], -1))
 
 
-def _reanchor(window: torch.Tensor, old: torch.Tensor, new: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Move a (noisy) window ``[B, A, W, C]`` at frame ``levels [W]`` from the AV frame ``old`` to ``new``
-    (``[B, 3]`` world poses): rotate positions and heading vectors, shift positions by ``sqrt(ᾱ) d``."""
-    dh = (new[:, 2] - old[:, 2]).float()  # [B]
+def _reanchor(window: torch.Tensor, old: torch.Tensor, new: torch.Tensor, levels: torch.Tensor,
+              old_anchor: torch.Tensor, new_anchor: torch.Tensor) -> torch.Tensor:
+    """Move a (noisy) window ``[B, A, W, C]`` at frame ``levels [W]`` from the AV frame ``old`` (with agents'
+    anchors ``old_anchor [B, A, 2]``, m) to ``new`` (``new_anchor``); poses ``[B, 3]`` world frame.
+
+    A position p = a + D x (anchor a, ``DELTA_SCALE_M`` D) maps to ``R p + d`` with the relative rotation R
+    and shift d, so x_new = R x + (R a_old + d - a_new) / D, and a noisy x_τ takes ``sqrt(ᾱ)`` of the shift.
+    Heading vectors rotate by R.
+    """
+    dh = (new[:, 2] - old[:, 2])  # [B]
     cos, sin = torch.cos(dh)[:, None, None], torch.sin(dh)[:, None, None]
-    # old local -> world -> new local, for the clean part: p_new = R(-h_new) (R(h_old) p_old + c_old - c_new)
     dx, dy = (old[:, 0] - new[:, 0]), (old[:, 1] - new[:, 1])
     ch, sh = torch.cos(new[:, 2]), torch.sin(new[:, 2])
-    shift_x = ((dx * ch + dy * sh) / POS_SCALE_M).float()[:, None, None]
-    shift_y = ((-dx * sh + dy * ch) / POS_SCALE_M).float()[:, None, None]
+    ax, ay = old_anchor[..., 0], old_anchor[..., 1]  # [B, A]
+    moved_x = cos[..., 0] * ax + sin[..., 0] * ay + (dx * ch + dy * sh)[:, None]  # old anchor in the new frame
+    moved_y = -sin[..., 0] * ax + cos[..., 0] * ay + (-dx * sh + dy * ch)[:, None]
+    shift_x = ((moved_x - new_anchor[..., 0]) / DELTA_SCALE_M).float()[..., None]  # [B, A, 1]
+    shift_y = ((moved_y - new_anchor[..., 1]) / DELTA_SCALE_M).float()[..., None]
+    cos, sin = cos.float(), sin.float()
     a = alpha_bar(levels).sqrt()[None, None]  # [1, 1, W]
     out = window.clone()
     x, y = window[..., X], window[..., Y]
@@ -603,4 +636,3 @@ def _reanchor(window: torch.Tensor, old: torch.Tensor, new: torch.Tensor, levels
     out[..., SIN] = cos * s - sin * c
     out[..., COS] = sin * s + cos * c
     return out
-

@@ -23,12 +23,20 @@ Agents ``[.., A, T, AGENT_CHANNELS]`` (all diffused):
 | # | channel | encoding |
 |---|---|---|
 | 0 | valid | +1 valid, -1 not |
-| 1, 2 | x, y | AV frame, m / ``POS_SCALE_M`` |
+| 1, 2 | x, y | AV frame, relative to the agent's anchor, m / ``DELTA_SCALE_M`` |
 | 3, 4 | sin, cos of heading | AV frame |
 | 5, 6, 7 | length, width, height | ``(size - SIZE_MEAN_M) / SIZE_SCALE_M`` |
 | 8, 9, 10 | vehicle, pedestrian, cyclist | one-hot, +1 / -1 |
 
 Features at invalid frames are 0 (SceneDiffuser++: only validity is defined there).
+
+Positions are relative to each agent's *anchor*: its AV-frame position at the
+current step (the last context frame) if it is valid there, else the AV-frame
+origin. A parked car's future is then exactly 0 and a moving one's a few
+units, which a small model trained on a CPU budget learns far sooner than
+absolute positions at a 40 m scale (measured: with absolute positions, 250
+steps gave 5 m mean errors of x̂_0 at τ = 0.3). The anchor itself is an input
+(``agent_condition``: anchor / ``POS_SCALE_M`` and whether the agent has one).
 
 Lights ``[.., S, T, LIGHT_CHANNELS]`` (diffused): stop, caution, go, one-hot
 +1 / -1; 0 where the state is unknown. Their validity and position are given
@@ -57,7 +65,9 @@ import torch
 from simgen.types import AgentType, LaneKind, LightState, RoadMap
 
 HISTORY_OFFSETS = (-10, -5, -2, -1, 0)  # context frames, steps relative to the current step
-POS_SCALE_M = 40.0
+POS_SCALE_M = 40.0  # absolute AV-frame positions (anchors, lights, map)
+DELTA_SCALE_M = 10.0  # agents' positions relative to their anchors
+AGENT_COND = 3  # anchor x, y (/ POS_SCALE_M), anchored flag
 SIZE_MEAN_M = torch.tensor([4.0, 1.6, 1.6])  # length, width, height
 SIZE_SCALE_M = torch.tensor([4.0, 0.8, 1.0])
 AGENT_TYPES = (AgentType.VEHICLE, AgentType.PEDESTRIAN, AgentType.CYCLIST)
@@ -103,18 +113,36 @@ def wrap(angle: torch.Tensor) -> torch.Tensor:
 
 # --- agents ----------------------------------------------------------------------
 
+def agent_anchor(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, pose: torch.Tensor,
+                 current: int) -> torch.Tensor:
+    """Anchors ``[.., A, 2]`` (AV frame of ``pose``, m): each agent's position at frame ``current`` of
+    ``x, y, valid`` ``[.., A, T]`` (world frame), or 0 where it is not valid there."""
+    lx, ly, _ = to_local(x[..., current:current + 1], y[..., current:current + 1],
+                         torch.zeros_like(x[..., current:current + 1]), pose)
+    anchor = torch.cat([lx, ly], dim=-1)
+    return torch.where(valid[..., current:current + 1], anchor, 0.0)
+
+
+def agent_condition(anchor: torch.Tensor, anchored: torch.Tensor) -> torch.Tensor:
+    """The denoiser's per-agent condition ``[.., A, AGENT_COND]`` from anchors (m) and their flags."""
+    return torch.cat([anchor / POS_SCALE_M, anchored[..., None].to(anchor.dtype)], dim=-1).float()
+
+
 def encode_agents(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, size: torch.Tensor,
-                  agent_type: torch.Tensor, valid: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+                  agent_type: torch.Tensor, valid: torch.Tensor, pose: torch.Tensor,
+                  anchor: torch.Tensor) -> torch.Tensor:
     """Boxes -> agent channels ``[.., A, T, AGENT_CHANNELS]``.
 
     ``x, y, heading, valid`` ``[.., A, T]`` world frame (m, rad); ``size``
     ``[.., A, T, 3]`` length, width, height (m); ``agent_type`` ``[.., A]``
-    ``AgentType``; ``pose`` ``[.., 3]``.
+    ``AgentType``; ``pose`` ``[.., 3]``; ``anchor`` ``[.., A, 2]`` (AV frame, m).
     """
     lx, ly, lh = to_local(x, y, heading, pose)
+    lx, ly = lx - anchor[..., :1], ly - anchor[..., 1:]
     one_hot = torch.stack([agent_type == t for t in AGENT_TYPES], dim=-1).float() * 2 - 1  # [.., A, 3]
     out = torch.cat([
-        lx[..., None] / POS_SCALE_M, ly[..., None] / POS_SCALE_M, torch.sin(lh)[..., None], torch.cos(lh)[..., None],
+        lx[..., None] / DELTA_SCALE_M, ly[..., None] / DELTA_SCALE_M, torch.sin(lh)[..., None],
+        torch.cos(lh)[..., None],
         (size - SIZE_MEAN_M) / SIZE_SCALE_M, one_hot[..., None, :].expand(*lx.shape, 3)], dim=-1)
     out = torch.where(valid[..., None], out, 0.0)
     return torch.cat([valid[..., None].float() * 2 - 1, out], dim=-1).float()
@@ -132,9 +160,15 @@ class DecodedAgents:
     valid: torch.Tensor  # bool: valid channel > 0
 
 
-def decode_agents(channels: torch.Tensor, pose: torch.Tensor) -> DecodedAgents:
+def local_positions(channels: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """AV-frame positions (m) ``[.., A, T, 2]`` of agent channels with anchors ``[.., A, 2]``."""
+    return channels[..., X:Y + 1].double() * DELTA_SCALE_M + anchor[..., None, :].double()
+
+
+def decode_agents(channels: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor) -> DecodedAgents:
     """Inverse of ``encode_agents`` (types by argmax, validity by sign, sizes at least 0.2 m)."""
-    lx, ly = channels[..., X] * POS_SCALE_M, channels[..., Y] * POS_SCALE_M
+    local = local_positions(channels, anchor)
+    lx, ly = local[..., 0], local[..., 1]
     lh = torch.atan2(channels[..., SIN], channels[..., COS])
     x, y, heading = to_world(lx, ly, lh, pose)
     size = (channels[..., SIZE] * SIZE_SCALE_M + SIZE_MEAN_M).clamp_min(0.2)

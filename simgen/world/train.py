@@ -8,7 +8,7 @@ input and its v-prediction targets. Per example it draws one task:
 | uniform | 0.35 | one τ ~ U(0, 1] for the window | context frames |
 | amortized | 0.40 | rising: frame k of W gets ``(k - 1 + u) / W``, u ~ U(0, 1] | context frames |
 | per-frame | 0.15 | independent U(0, 1], sorted to rise | context frames |
-| initialize | 0.10 | one τ for *every* frame, context included | random agents (p 0.2) |
+| initialize | 0.10 | one τ for *every* frame, context included; positions unanchored | random agents (p 0.2) |
 
 On top, the AV's whole clip is given with probability 0.25 (inpainting the
 AV's plan) and the lights' whole clip with probability 0.2 (SUMO's signal
@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from simgen.world.data import ClipDataset, collate
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
 from simgen.world.diffusion import add_noise, v_target
-from simgen.world.tokenizer import HISTORY_OFFSETS, VALID
+from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, POS_SCALE_M, VALID, X, Y
 
 TASK_SHARES = {"uniform": 0.35, "amortized": 0.40, "per_frame": 0.15, "initialize": 0.10}
 AV_GIVEN_P = 0.25
@@ -83,11 +83,20 @@ def corrupt(batch: dict[str, torch.Tensor], generator: torch.Generator | None = 
     light_given = (given_frames | lights_given[:, None])[:, None].expand(-1, lights.shape[1], -1)
     light_given = light_given & batch["light_mask"][..., None]
 
+    agent_cond = batch["agent_cond"]
+    if initialize.any():  # nothing is known when a scene is generated: positions become unanchored
+        anchor = agent_cond[..., :2] * POS_SCALE_M  # [B, A, 2] m
+        valid = agents[..., VALID] > 0
+        absolute = agents[..., X:Y + 1] + anchor[:, :, None] / DELTA_SCALE_M
+        moved = initialize[:, None, None, None] & valid[..., None]
+        agents = agents.clone()
+        agents[..., X:Y + 1] = torch.where(moved, absolute, agents[..., X:Y + 1])
+        agent_cond = torch.where(initialize[:, None, None], 0.0, agent_cond)
     agent_noise = torch.randn(agents.shape, generator=generator)
     light_noise = torch.randn(lights.shape, generator=generator)
     inp = DenoiserInput(
         agents=add_noise(agents, agent_noise, level), agent_given=agent_given, agent_clean=agents,
-        agent_mask=batch["agent_mask"], is_av=batch["is_av"],
+        agent_mask=batch["agent_mask"], is_av=batch["is_av"], agent_cond=agent_cond,
         lights=add_noise(lights, light_noise, level), light_given=light_given, light_clean=lights,
         light_cond=batch["light_cond"], light_valid=batch["light_valid"], light_mask=batch["light_mask"],
         map_features=batch["map_features"], map_valid=batch["map_valid"], noise_level=level,

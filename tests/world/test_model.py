@@ -13,7 +13,7 @@ from simgen.world.denoiser import Denoiser, DenoiserConfig
 from simgen.world.diffusion import add_noise, alpha_bar
 from simgen.world.sampler import _reanchor
 from simgen.world.tokenizer import (
-    COS, HISTORY_OFFSETS, SIN, VALID, X, Y, decode_agents, decode_light_states, encode_agents,
+    COS, HISTORY_OFFSETS, SIN, VALID, X, Y, agent_anchor, decode_agents, decode_light_states, encode_agents,
     encode_light_states,
 )
 from simgen.world.train import corrupt, loss_terms
@@ -35,10 +35,15 @@ def random_boxes(g, A=5, T=7):
 
 def test_agents_round_trip_to_the_world_frame(generator):
     x, y, heading, size, types, valid, pose = random_boxes(generator)
-    channels = encode_agents(x, y, heading, size, types, valid, pose)
+    anchor = agent_anchor(x, y, valid, pose, current=3)
+    assert (anchor[~valid[:, 3]] == 0).all(), "agents absent now have no anchor"
+    channels = encode_agents(x, y, heading, size, types, valid, pose, anchor)
     assert channels.shape == (5, 7, 11)
     assert (channels[..., 1:][~valid] == 0).all(), "features are zero where the agent is invalid"
-    back = decode_agents(channels, pose)
+    now = valid[:, 3]
+    assert torch.allclose(channels[now, 3, X:Y + 1], torch.zeros(int(now.sum()), 2), atol=1e-6), \
+        "positions are relative to the anchor"
+    back = decode_agents(channels, pose, anchor)
     assert torch.equal(back.valid, valid)
     v = valid
     assert (back.x[v] - x[v]).abs().max() < 1e-4 and (back.y[v] - y[v]).abs().max() < 1e-4  # m
@@ -55,16 +60,20 @@ def test_light_states_round_trip():
 
 
 def test_reanchoring_a_noisy_window_is_exact(generator):
-    """Moving x_τ = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε to a new AV frame equals noising x0 in the new frame with the
-    rotated noise."""
+    """Moving x_τ = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε to a new AV frame and new anchors equals noising x0 in the new
+    frame with the rotated noise."""
     x, y, heading, size, types, _, pose_a = random_boxes(generator, T=FUTURE)
     valid = torch.ones(5, FUTURE, dtype=torch.bool)
     pose_b = pose_a + torch.tensor([12.0, -3.0, 0.4], dtype=torch.float64)
     levels = torch.arange(1, FUTURE + 1) / FUTURE
     noise = torch.randn(1, 5, FUTURE, 11, generator=generator)
-    x_a = encode_agents(x, y, heading, size, types, valid, pose_a)[None]
-    x_b = encode_agents(x, y, heading, size, types, valid, pose_b)[None]
-    moved = _reanchor(add_noise(x_a, noise, levels[None]), pose_a[None], pose_b[None], levels)
+    anchor_a = agent_anchor(x, y, valid, pose_a, current=0)
+    anchor_b = agent_anchor(x, y, valid, pose_b, current=1)
+    anchor_b[2] = 0.0  # an agent that loses its anchor
+    x_a = encode_agents(x, y, heading, size, types, valid, pose_a, anchor_a)[None]
+    x_b = encode_agents(x, y, heading, size, types, valid, pose_b, anchor_b)[None]
+    moved = _reanchor(add_noise(x_a, noise, levels[None]), pose_a[None], pose_b[None], levels, anchor_a[None],
+                      anchor_b[None])
     dh = 0.4
     rotated = noise.clone()
     rotated[..., X] = math.cos(dh) * noise[..., X] + math.sin(dh) * noise[..., Y]
@@ -107,7 +116,8 @@ def test_denoiser_starts_at_zero_and_ignores_padding(batch, generator):
                               "agent_given": torch.cat([inp.agent_given, inp.agent_given[:, :2]], 1),
                               "agent_clean": torch.cat([inp.agent_clean, inp.agent_clean[:, :2]], 1),
                               "agent_mask": torch.cat([inp.agent_mask, torch.zeros_like(inp.agent_mask[:, :2])], 1),
-                              "is_av": torch.cat([inp.is_av, torch.zeros_like(inp.is_av[:, :2])], 1)})
+                              "is_av": torch.cat([inp.is_av, torch.zeros_like(inp.is_av[:, :2])], 1),
+                              "agent_cond": torch.cat([inp.agent_cond, torch.randn_like(inp.agent_cond[:, :2])], 1)})
     out_padded, _ = model(padded)
     A = inp.agents.shape[1]
     real = inp.agent_mask
@@ -158,7 +168,8 @@ def golden_input():
     return DenoiserInput(
         agents=torch.randn(B, A, T, 11, generator=g), agent_given=torch.arange(T).expand(B, A, T) < 2,
         agent_clean=torch.randn(B, A, T, 11, generator=g), agent_mask=torch.ones(B, A, dtype=torch.bool),
-        is_av=torch.tensor([[True, False, False]]), lights=torch.randn(B, S, T, 3, generator=g),
+        is_av=torch.tensor([[True, False, False]]), agent_cond=torch.randn(B, A, 3, generator=g),
+        lights=torch.randn(B, S, T, 3, generator=g),
         light_given=torch.zeros(B, S, T, dtype=torch.bool), light_clean=torch.zeros(B, S, T, 3),
         light_cond=torch.randn(B, S, 4, generator=g), light_valid=torch.ones(B, S, T, dtype=torch.bool),
         light_mask=torch.ones(B, S, dtype=torch.bool), map_features=torch.randn(B, M, P, 13, generator=g),
@@ -174,7 +185,7 @@ def test_golden_output_of_a_tiny_seeded_denoiser():
     for p in model.parameters():
         p.data.add_(torch.randn(p.shape, generator=g) * 0.1)
     agents_v, lights_v = model(golden_input())
-    expected_agent_x = [-0.43240, -0.21888, -0.93868, -1.30498, -0.72820, -0.20904]
-    expected_light_stop = [-0.19729, -0.18718, -0.16596, 0.09420, 0.06673, -0.06149]
+    expected_agent_x = [0.79871, 0.52331, -0.31552, 0.07199, 0.25220, 0.68690]
+    expected_light_stop = [-0.35093, 0.41379, 0.25249, -0.43613, 0.30627, 0.62180]
     assert torch.allclose(agents_v[0, 1, :, 1], torch.tensor(expected_agent_x), atol=1e-4)
     assert torch.allclose(lights_v[0, 0, :, 0], torch.tensor(expected_light_stop), atol=1e-4)
