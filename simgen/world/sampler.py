@@ -21,11 +21,12 @@ Notation
 ----------------------------------------------------
 
 1. Warm-up: denoise the whole window from pure noise with K DDIM steps (each
-   step applies 𝒞), then re-noise frame k to ``τ_k = k / W`` with fresh noise.
+   step applies 𝒞), then re-noise frame k to ``τ_k`` with fresh noise.
 2. Every simulation step, **one** denoiser call: with the window at levels
-   ``τ_k = k / W``, predict x̂_0, apply 𝒞, and take each frame one DDIM step
-   to ``(k - 1) / W``. Frame 1 reaches level 0: it is clean and is executed.
-3. Shift: frames 2..W become 1..W-1 (already at levels ``k / W``), and a
+   ``τ_k = (k / W)²`` (``diffusion.staircase``), predict x̂_0, apply 𝒞, and
+   take each frame one DDIM step to ``((k - 1) / W)²``. Frame 1 reaches level
+   0: it is clean and is executed.
+3. Shift: frames 2..W become 1..W-1 (already at their new levels), and a
    pure-noise frame is appended as frame W.
 4. The window lives in the AV frame of the step it was made at. Before a
    call it is moved to the AV's new pose; with ``x_τ = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε``
@@ -78,6 +79,7 @@ from simgen.world.diffusion import (
     ddim_step,
     level_of_timestep,
     make_scheduler,
+    staircase,
     predict_clean,
 )
 from simgen.world.tokenizer import (
@@ -203,7 +205,7 @@ class WorldSampler:
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
         self._scheduler = None
         W = model.future
-        self.levels = torch.arange(1, W + 1) / W  # τ_k before a call
+        self.levels = staircase(W)  # τ_k before a call
         self.offsets = torch.tensor([*HISTORY_OFFSETS, *range(1, W + 1)])
 
     @property
@@ -413,7 +415,7 @@ class WorldSampler:
             slots = self._light_slots(scenes, pose)
             x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, carry.agents, carry.lights, self.levels,
                                               rows, slots)
-            lower = (self.levels - 1 / W)[None].expand(B, W)
+            lower = staircase(W, 0.0)[None].expand(B, W)
             window = carry.agents.clone()
             window[:, rows] = ddim_step(x0, eps, lower)
             light_window = carry.lights.clone()

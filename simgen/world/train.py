@@ -6,7 +6,7 @@ input and its v-prediction targets. Per example it draws one task:
 | task | share | noise levels τ (future frames) | given |
 |---|---|---|---|
 | uniform | 0.35 | one τ ~ U(0, 1] for the window | context frames |
-| amortized | 0.40 | rising: frame k of W gets ``(k - 1 + u) / W``, u ~ U(0, 1] | context frames |
+| amortized | 0.40 | rising: frame k of W gets ``((k - 1 + u) / W)²`` (``staircase``), u ~ U(0, 1] | context frames |
 | per-frame | 0.15 | independent U(0, 1], sorted to rise | context frames |
 | initialize | 0.10 | one τ for *every* frame, context included; positions unanchored | random agents (p 0.2) |
 
@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from simgen.world.data import ClipDataset, collate
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
-from simgen.world.diffusion import add_noise, v_target
+from simgen.world.diffusion import add_noise, staircase, v_target
 from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, POS_SCALE_M, VALID, X, Y
 
 TASK_SHARES = {"uniform": 0.35, "amortized": 0.40, "per_frame": 0.15, "initialize": 0.10}
@@ -56,9 +56,8 @@ def noise_levels(batch_size: int, future: int, generator: torch.Generator | None
     shares = torch.tensor(list(TASK_SHARES.values()))
     task = torch.multinomial(shares, batch_size, replacement=True, generator=generator)
     u = 1 - torch.rand(batch_size, 1, generator=generator)  # (0, 1]
-    k = torch.arange(1, future + 1)
     uniform = u.expand(batch_size, future)
-    rising = ((k - 1 + u) / future)
+    rising = staircase(future, u)
     per_frame = (1 - torch.rand(batch_size, future, generator=generator)).sort(-1).values
     future_levels = torch.stack([uniform, rising, per_frame, uniform])[task, torch.arange(batch_size)]
     context = torch.where(task[:, None] == 3, u, 0.0).expand(batch_size, H)
