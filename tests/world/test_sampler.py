@@ -170,3 +170,11 @@ def test_sumo_program_lights_follow_the_signal_programs(tiny_checkpoint, scene):
     for t in range(log.step + 1, log.step + 5):
         expected = roadmap.signal_state_at(log.start_step + t)[lights.signal_id[:, t].long()]
         assert torch.equal(lights.state[:, t], expected)
+
+
+def test_the_shipped_checkpoint_loads_and_matches_its_digest():
+    from simgen.agents.world_model import DEFAULT_CHECKPOINT
+
+    model = WorldModel.load(DEFAULT_CHECKPOINT)
+    assert model.sha256 == DEFAULT_CHECKPOINT.with_suffix(".sha256").read_text().split()[0]
+    assert model.future == 16 and sum(p.numel() for p in model.denoiser.parameters()) > 1_000_000
