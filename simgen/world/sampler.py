@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -165,7 +165,6 @@ class Carry:
     plan_age: int = 0
     next_object_id: int = 0
     calls: int = 0  # denoiser calls so far
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
