@@ -386,7 +386,7 @@ class WorldSampler:
         pose = carry.pose
         B, A, W, _ = carry.agents.shape
         context = self._context(scenes, pose)
-        rows = self._rows(context, None if self.options.spawn else _fixed_rows(scenes))
+        rows = self._rows(context, None if self.options.spawn else _protocol_rows(scenes))
         slots = self._light_slots(scenes, pose)
         agents = torch.randn(B, A, W, AGENT_CHANNELS, generator=generator)
         lights = torch.randn(B, carry.lights.shape[1], W, LIGHT_CHANNELS, generator=generator)
@@ -407,7 +407,7 @@ class WorldSampler:
         B = len(scenes)
         W = self.model.future
         context = self._context(scenes, pose)
-        rows = self._rows(context, None if self.options.spawn else _fixed_rows(scenes))
+        rows = self._rows(context, None if self.options.spawn else _protocol_rows(scenes))
         if self.options.kind == "amortized":
             carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels, carry.anchor, context.anchor)
             carry.pose, carry.anchor = pose, context.anchor
@@ -597,7 +597,7 @@ class WorldSampler:
         return SceneState(traj=traj, meta=meta, lights=scene_lights, step=history - 1, map_name=map_name)
 
 
-def _fixed_rows(scenes: list[SceneState]) -> torch.Tensor:
+def _protocol_rows(scenes: list[SceneState]) -> torch.Tensor:
     """Rows valid at the scenes' first recorded last-history step: the WOSAC protocol's simulated agents."""
     valid = torch.stack([s.traj.valid[:, s.step] for s in scenes]).any(0)
     return valid.nonzero().flatten()
