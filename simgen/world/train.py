@@ -25,6 +25,7 @@ agent is valid; light states where the slot's state is known. MSE on v.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +34,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from simgen.world.data import ClipDataset, collate
+from simgen.world.data import ClipDataset, SizedBatches, collate
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
 from simgen.world.diffusion import add_noise, staircase, v_target
 from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, POS_SCALE_M, VALID, X, Y
@@ -126,6 +127,16 @@ def loss_terms(denoiser: Denoiser, batch: dict[str, torch.Tensor],
     return {"loss": agent_loss + 0.5 * light_loss, "agents": agent_loss, "validity": validity, "lights": light_loss}
 
 
+def lr_factor(step: int, total_steps: int, warmup: float = 0.02) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` of the run, then cosine decay to 0 at
+    ``total_steps``. It is a function of the step alone, so a run resumed with more ``--steps`` re-plans
+    the remaining decay."""
+    ramp = max(1, round(warmup * total_steps))
+    if step < ramp:
+        return (step + 1) / ramp
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, total_steps - ramp))))
+
+
 class WorldModule(L.LightningModule):
     """The denoiser with its loss and AdamW + cosine decay; checkpoints hold ``config`` and ``future``."""
 
@@ -145,9 +156,19 @@ class WorldModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=self.hparams.total_steps,
-                                                    pct_start=0.02, anneal_strategy="cos")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, self.hparams.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming: the schedule follows this run's ``total_steps`` (``lr_factor``), not the saved run's."""
+        for state in checkpoint.get("lr_schedulers", []):
+            for key in [k for k in state if k not in ("last_epoch", "_step_count", "_last_lr")]:
+                del state[key]
+            state["base_lrs"] = [self.hparams.lr]
+            state["lr_lambdas"] = [None]
+        for group in checkpoint.get("optimizer_states", [{}])[0].get("param_groups", []):
+            group["initial_lr"] = self.hparams.lr
+            group["betas"] = (0.9, 0.999)  # OneCycleLR (older checkpoints) cycled them
 
 
 def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int = 32, future: int = DEFAULT_FUTURE,
@@ -160,9 +181,7 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
     out.mkdir(parents=True, exist_ok=True)
     train_set = ClipDataset(log_dirs, future, "train")
     val_set = ClipDataset(log_dirs, future, "val")
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                                         generator=generator, drop_last=True)
+    loader = torch.utils.data.DataLoader(SizedBatches(train_set, batch_size, seed=seed), batch_size=None)
     val_loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(val_set, torch.randperm(len(val_set), generator=torch.Generator().manual_seed(1))
                                 [:8 * batch_size].tolist()),

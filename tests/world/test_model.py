@@ -1,6 +1,7 @@
 """Tokenizer round trips, the exact re-anchoring of noisy windows, the denoiser's masking and zero start, and
 that training lowers the loss."""
 
+import itertools
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from simgen.io import load_logs
 from simgen.types import LightState
-from simgen.world.data import ClipDataset, MapContext, collate, make_example
+from simgen.world.data import ClipDataset, MapContext, SizedBatches, collate, make_example
 from simgen.world.denoiser import Denoiser, DenoiserConfig
 from simgen.world.diffusion import add_noise, alpha_bar
 from simgen.world.sampler import _reanchor
@@ -16,7 +17,7 @@ from simgen.world.tokenizer import (
     COS, HISTORY_OFFSETS, SIN, VALID, X, Y, agent_anchor, decode_agents, decode_light_states, encode_agents,
     encode_light_states,
 )
-from simgen.world.train import corrupt, loss_terms
+from simgen.world.train import corrupt, loss_terms, lr_factor
 
 from .conftest import FUTURE, TINY
 
@@ -157,6 +158,27 @@ def test_clip_dataset_splits_and_sizes(world_logs):
     assert example["agents"].shape[1] == len(HISTORY_OFFSETS) + FUTURE
     with pytest.raises(ValueError, match="split"):
         ClipDataset([world_logs], FUTURE, "test")
+
+
+def test_sized_batches_pad_less_than_random_batches(world_logs):
+    train = ClipDataset([world_logs], FUTURE, "train")
+    sized = list(itertools.islice(iter(SizedBatches(train, batch_size=4, pool=6, seed=1)), 6))
+    again = list(itertools.islice(iter(SizedBatches(train, batch_size=4, pool=6, seed=1)), 6))
+    assert all(torch.equal(a["agents"], b["agents"]) for a, b in zip(sized, again))  # seeded
+    assert all(len(b["agents"]) == 4 for b in sized)
+    agents = torch.cat([b["agent_mask"].sum(1) for b in sized])  # the round's 24 examples
+    lights = torch.cat([b["light_mask"].sum(1) for b in sized])
+    padded = sum(b["agent_mask"].numel() + b["light_mask"].numel() for b in sized)
+    shuffled = torch.randperm(24, generator=torch.Generator().manual_seed(0)).view(6, 4)
+    random_padded = sum(4 * int(agents[i].max() + lights[i].max()) for i in shuffled)
+    assert padded < random_padded
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_and_replans_on_resume():
+    assert lr_factor(0, 1000) < lr_factor(19, 1000) == 1.0
+    decay = [lr_factor(s, 1000) for s in range(20, 1001, 10)]
+    assert all(a >= b for a, b in zip(decay, decay[1:])) and decay[-1] == 0.0
+    assert lr_factor(800, 1000) < lr_factor(800, 3000)  # more --steps on resume: slower remaining decay
 
 
 def golden_input():
