@@ -1,0 +1,1 @@
+"""Gaussian splats: rasterizers (``rasterize``: gsplat API, torch tiled path, dense twin) and lidar from splats."""
