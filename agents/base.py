@@ -19,6 +19,15 @@ A policy is built from a ``PolicyContext`` and then used as::
 
 Worlds (``WORLDS``) take ``"world"`` or ``"all"``. Policies keep nothing on
 ``self`` after construction; everything that changes lives in the returned state.
+
+An AV policy may also offer its plan, and a world may take it (the learned
+world inpaints the AV's future from it, SceneDiffuser's AV constraint)::
+
+    plan = av.plan(scene, av_state, world.plan_horizon)   # Plan: the next K poses
+    world_state = world.observe_plan(world_state, plan)
+
+A plan's first pose is exactly the policy's next action; the closed loop
+(``simgen.sim.rollout``) hands it over before both act.
 """
 
 from __future__ import annotations
@@ -45,6 +54,15 @@ class PolicyContext:
     reference: Any = None  # simgen.traffic.ReferenceTrip, for the sumo world
     map_source: Any = None  # simgen.maps.MapSource
     radius_m: float = 60.0  # agents farther than this from the AV leave the scene
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An AV policy's intended poses for steps ``t + 1 ... t + K`` (world frame): ``x, y, heading [K]`` (m, rad)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heading: torch.Tensor
 
 
 class Policy(Protocol):

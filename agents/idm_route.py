@@ -37,7 +37,7 @@ from functools import cached_property
 
 import torch
 
-from simgen.agents.base import POLICIES, WORLDS, PolicyContext, as_world, coast_action, controlled_rows
+from simgen.agents.base import POLICIES, WORLDS, Plan, PolicyContext, as_world, coast_action, controlled_rows
 from simgen.agents.lanes import PATH_SPACING_M, PathBatch, interpolate, lane_polyline, locate, path_polyline
 from simgen.types import DT_S, Action, AgentType, LaneKind, LightState, SceneState
 
@@ -424,3 +424,15 @@ class IDMRoute(IDMDriver):
 
     def _path_from(self, lane: int, s: float, generator: torch.Generator) -> list[int]:
         return [int(v) for v in self.ctx.route_lanes.tolist()]
+
+    def plan(self, scene: SceneState, state: IDMState, horizon: int) -> Plan:
+        """The next ``horizon`` poses if everyone else kept their current state: IDM rolled forward against the
+        scene as it is now. Its first pose is exactly the next ``act``."""
+        poses = []
+        for _ in range(horizon):
+            s, v, lat = self._advance(scene, state)
+            state = replace(state, s=s, v=v, lat=lat)
+            poses.append(state.pose())
+        pos = torch.stack([p for p, _ in poses], 1)[0].float()  # [K, 2]; the AV is the only row
+        heading = torch.stack([h for _, h in poses], 1)[0].float()
+        return Plan(x=pos[:, 0], y=pos[:, 1], heading=heading)

@@ -8,8 +8,9 @@
 - Role ``all`` (WOSAC protocol): the model drives every row of the window,
   the AV included; rows are fixed and kept valid.
 - Role ``world``: the model drives every row but the AV's, spawns agents into
-  free rows and removes them through validity. It sees the AV only through
-  its executed history (the AV policy is a separate model).
+  free rows and removes them through validity. It sees the AV through its
+  executed history and, when the AV policy offers one, its plan for the
+  window (``observe_plan``), which is inpainted as the AV's future.
 
 ``rollouts(start, count, generator)`` runs ``count`` rollouts of one scene as
 one batch (one denoiser call per step for all of them); ``simgen eval`` uses
@@ -51,6 +52,12 @@ class WorldModelWorld:
         options = SamplerOptions(kind=sampler, full_steps=full_steps, replan_every=replan_every,
                                  spawn=not protocol, drive_av=protocol, model_lights=lights == "model")
         self.sampler = WorldSampler(model, ctx.roadmap, options, context=_map_context(ctx.roadmap))
+        self.plan_horizon = 0 if protocol else model.future  # steps of the AV's plan to inpaint
+
+    def observe_plan(self, state: Any, plan) -> Any:
+        """Inpaint the AV policy's ``Plan`` (agents/base.py) as the AV's future in the next denoiser calls."""
+        state.av_plan = tuple(v[None] for v in (plan.x, plan.y, plan.heading))
+        return state
 
     def reset(self, scene: SceneState, generator: torch.Generator) -> Any:
         return self.sampler.start([scene], generator)

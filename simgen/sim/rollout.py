@@ -57,7 +57,11 @@ def _loop(initial, av, world, steps, generator, on_step) -> SceneState:
     state = initial
     av_state = av.reset(state, generator)
     world_state = world.reset(state, generator)
+    horizon = getattr(world, "plan_horizon", 0)  # the world inpaints the AV's plan (agents/base.py)
+    plan = getattr(av, "plan", None) if horizon else None
     for k in range(steps):
+        if plan is not None:
+            world_state = world.observe_plan(world_state, plan(state, av_state, horizon))
         av_action, av_state = av.act(state, av_state, generator)
         world_action, world_state = world.act(state, world_state, generator)
         state = env_step(state, [av_action, world_action])

@@ -20,6 +20,17 @@ anchors ``[B, A, 2]``) for the F future frames and return new ones.
    executed-frame check (``WorldSampler``): a vehicle still outside after
    projection holds its previous pose (or, if it just appeared, is not
    spawned), so the constraint holds in every executed frame.
+5. ``push_apart``: boxes that overlap at a frame are pushed apart. Each box
+   is covered by ``CIRCLES`` discs along its length; every overlapping pair
+   of agents moves apart along the line between their deepest-overlapping
+   discs, half each (all of it when the other is given: the AV's plan, fixed
+   agents), ``PUSH_ITERATIONS`` times; the displacement is spread to the
+   neighbouring frames as in 4. ``overlapping_pairs`` is the exact
+   executed-frame check: two boxes collide when their signed distance as the
+   WOSAC collision feature defines it (rounded corners) is below 0. An agent
+   the model moved into a new collision holds its previous pose (or, if it
+   just appeared, is not spawned), repeated until no new collision remains,
+   so the model never moves an agent into another in an executed frame.
 """
 
 from __future__ import annotations
@@ -28,7 +39,12 @@ import math
 
 import torch
 
-from simgen.metrics.features import signed_distance_to_rings
+from simgen.metrics.features import (
+    CORNER_ROUNDING_FACTOR,
+    BoxShape,
+    rounded_box_signed_distance,
+    signed_distance_to_rings,
+)
 from simgen.types import RoadMap
 from simgen.world.tokenizer import (
     COS,
@@ -51,6 +67,9 @@ BISECTION_STEPS = 6
 ROAD_MARGIN_M = 0.3  # in denoising, corners are kept this far inside the (rastered) road edge
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
+CIRCLES = 3  # discs per box in push_apart
+PUSH_ITERATIONS = 3
+PUSH_MARGIN_M = 0.2  # in denoising, discs are pushed this far apart
 
 
 def soft_clip(x0: torch.Tensor) -> torch.Tensor:
@@ -142,19 +161,80 @@ class OnRoad:
             lo = torch.where(inside, lo, mid)
         moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]
         moved[b, a, f] = (_blend(tokens, target, hi) - tokens)[:, 0, 0]
-        F = x0.shape[2]
-        k = torch.arange(F, dtype=x0.dtype)
-        weight = torch.exp(-(k[:, None] - k[None]).abs() / SPREAD_FRAMES)  # [F, F]
-        # Frames that needed a move keep exactly theirs; the others take a decayed share of their neighbours'.
-        share = torch.einsum("fg,bagc->bafc", weight, moved) / weight.sum(-1)[:, None].clamp_min(1)
-        correction = torch.where(off[..., None], moved, share * vehicle[..., None])
-        return x0 + correction
+        return x0 + spread(moved, off, vehicle)
 
     def outside_boxes(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,
                       width: torch.Tensor) -> torch.Tensor:
         """Exact largest corner distance outside the road edge (m) of world-frame boxes ``[N]``."""
         corners = box_corners(x.double(), y.double(), heading.double(), length.double() / 2, width.double() / 2)
         return signed_distance_to_rings(corners.reshape(-1, 2), self.a, self.b).reshape(-1, 4).amax(-1)
+
+
+def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Whole-trajectory correction from per-frame moves ``moved [B, A, F, C]``: frames that needed a move
+    (``hit [B, A, F]``) keep exactly theirs; the other ``tokens`` take a share of their neighbours' decaying as
+    ``exp(-|Δk| / SPREAD_FRAMES)``."""
+    k = torch.arange(moved.shape[2], dtype=moved.dtype)
+    weight = torch.exp(-(k[:, None] - k[None]).abs() / SPREAD_FRAMES)  # [F, F]
+    share = torch.einsum("fg,bagc->bafc", weight, moved) / weight.sum(-1)[:, None].clamp_min(1)
+    return torch.where(hit[..., None], moved, share * tokens[..., None])
+
+
+def push_apart(x0: torch.Tensor, anchor: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+    """Push overlapping boxes apart (module docstring, 5). ``movable [B, A]``: rows the model may move."""
+    valid = x0[..., VALID] > 0  # [B, A, F]
+    if valid.sum(1).max() < 2:
+        return x0
+    size = (x0[..., SIZE].double() * SIZE_SCALE_M.double() + SIZE_MEAN_M.double()).clamp_min(0.2)
+    radius = size[..., :2].amin(-1) / 2  # [B, A, F]
+    reach = ((size[..., 0] / 2 - radius).clamp_min(0)[..., None]
+             * torch.linspace(-1, 1, CIRCLES, dtype=torch.float64))  # [B, A, F, K] offsets along the box
+    heading = torch.stack([x0[..., COS], x0[..., SIN]], -1).double()
+    heading = heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    start = local_positions(x0, anchor)  # [B, A, F, 2] m
+    position = start.clone()
+    bound = size[..., :2].norm(dim=-1) / 2 + PUSH_MARGIN_M  # [B, A, F] bounding-circle radius
+    pair = valid[:, :, None] & valid[:, None] & ~torch.eye(x0.shape[1], dtype=torch.bool)[None, :, :, None]
+    for _ in range(PUSH_ITERATIONS):
+        near = pair & (torch.cdist(position.transpose(1, 2), position.transpose(1, 2)).permute(0, 2, 3, 1)
+                       < bound[:, :, None] + bound[:, None])  # [B, i, j, F], broad phase
+        b, i, j, f = near.nonzero().unbind(-1)
+        if len(b) == 0:
+            break
+        disc_i = position[b, i, f][:, None] + reach[b, i, f][..., None] * heading[b, i, f][:, None]  # [n, K, 2]
+        disc_j = position[b, j, f][:, None] + reach[b, j, f][..., None] * heading[b, j, f][:, None]
+        d = disc_i[:, :, None] - disc_j[:, None]  # [n, K, K, 2], from j's discs to i's
+        depth = (radius[b, i, f] + radius[b, j, f] + PUSH_MARGIN_M)[:, None, None] - d.norm(dim=-1)
+        depth, deepest = depth.flatten(1).max(-1)  # [n]
+        direction = d.flatten(1, 2)[torch.arange(len(b)), deepest]
+        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        share = torch.where(movable[b, j], 0.5, 1.0) * movable[b, i]  # i's part of the push
+        push = (depth.clamp_min(0) * share)[:, None] * direction
+        if not push.any():
+            break
+        position = position.index_put((b, i, f), push, accumulate=True)
+    moved = torch.zeros_like(x0)
+    moved[..., X:Y + 1] = ((position - start) / DELTA_SCALE_M).to(x0.dtype)
+    hit = moved[..., X:Y + 1].abs().sum(-1) > 0
+    return x0 + spread(moved, hit, valid & movable[..., None])
+
+
+def overlapping_pairs(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,
+                      width: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[N, N]`` bool: pairs of valid world-frame boxes ``[N]`` that collide (WOSAC rounded boxes)."""
+    n = len(x)
+    i, j = torch.triu_indices(n, n, 1)
+    keep = valid[i] & valid[j]
+    i, j = i[keep], j[keep]
+    out = torch.zeros(n, n, dtype=torch.bool)
+    if len(i) == 0:
+        return out
+    x, y, heading, half_l, half_w = (v.double() for v in (x, y, heading, length / 2, width / 2))
+    shape = BoxShape(cos=torch.cos(heading), sin=torch.sin(heading), half_length=half_l, half_width=half_w,
+                     shrink=CORNER_ROUNDING_FACTOR * torch.minimum(half_l, half_w))
+    dist = rounded_box_signed_distance(x[j] - x[i], y[j] - y[i], shape.take(i), shape.take(j))
+    out[i, j] = dist < 0
+    return out | out.T
 
 
 def _corners_world(x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

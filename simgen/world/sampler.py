@@ -52,9 +52,8 @@ Rows
 
 The model computes only the rows it needs: rows valid at some context frame
 (occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
-over the whole context (a row is reused only after its previous occupant has
-left the context). A spare row that turns valid is a new agent with a new
-object id, and its type and box size come from the model; rows that
+that no agent has ever used (rows are never reused, docs/FORMATS.md). A
+spare row that turns valid is a new agent with a new object id, and its type and box size come from the model; rows that
 continue keep their logged box size and type. With ``spawn=False`` (the WOSAC
 protocol) the rows are fixed and kept valid.
 """
@@ -163,6 +162,7 @@ class Carry:
     plan: torch.Tensor | None = None  # full sampler: [B, A, W, C] clean plan and [B, S, W, 3] lights
     plan_lights: torch.Tensor | None = None
     plan_age: int = 0
+    av_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x, y, heading [B, W] world frame
     next_object_id: int = 0
     calls: int = 0  # denoiser calls so far
 
@@ -188,6 +188,7 @@ class SamplerOptions:
     drive_av: bool = False  # the model also drives the AV's row (WOSAC protocol)
     model_lights: bool = True  # False: light states are given (e.g. SUMO's programs), not generated
     on_road: bool = True
+    no_overlap: bool = True
 
 
 class WorldSampler:
@@ -242,12 +243,13 @@ class WorldSampler:
         return Context(agents=agents, anchor=anchor, anchored=valid[..., now],
                        lights=encode_light_states(torch.where(known, state, 0)), known=known)
 
-    def _rows(self, context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
+    def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
         """Scene rows the model computes this step (module docstring, "Rows")."""
         if fixed is not None:
             return fixed
         occupied = (context.agents[..., VALID] > 0).any(-1).any(0)  # [A]
-        free = (~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
+        unused = (torch.stack([s.meta.object_id for s in scenes]) < 0).all(0)  # rows are never reused
+        free = (unused & ~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
         return torch.cat([occupied.nonzero().flatten(), free]).sort().values
 
     def _program(self, scene: SceneState, slots: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -310,25 +312,34 @@ class WorldSampler:
         lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(B, -1)
         return inp, lanes, lane_valid
 
-    def _given(self, scenes: list[SceneState], pose: torch.Tensor, anchor: torch.Tensor, num_rows: int):
-        """Inpainted future tokens: (mask ``[B, A, W]``, values ``[B, A, W, C]``) of the fixed agents, or None."""
-        if self.fixed is None:
+    def _given(self, scenes: list[SceneState], pose: torch.Tensor, anchor: torch.Tensor, num_rows: int,
+               av_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        """Inpainted future tokens: (mask ``[B, A, W]``, values ``[B, A, W, C]``) of the fixed agents and the
+        AV's plan (``x, y, heading [B, W]``, world frame, for steps t+1..t+W), or None."""
+        if self.fixed is None and av_plan is None:
             return None
-        f = self.fixed
         B, W, t = len(scenes), self.model.future, scenes[0].step
-        steps = torch.arange(t + 1, t + W + 1).clamp_max(f.x.shape[1] - 1)
-        inside = torch.arange(t + 1, t + W + 1) < f.x.shape[1]
-        types = scenes[0].meta.agent_type[f.rows]
         traj = scenes[0].traj
-        size = torch.stack([traj.length[f.rows, t], traj.width[f.rows, t], traj.height[f.rows, t]], -1)
-        valid = f.valid[:, steps] & inside
-        values = encode_agents(f.x[:, steps].double()[None], f.y[:, steps].double()[None],
-                               f.heading[:, steps].double()[None], size[None, :, None].expand(B, -1, W, 3), types,
-                               valid[None].expand(B, -1, -1), pose, anchor[:, f.rows])
         mask = torch.zeros(B, num_rows, W, dtype=torch.bool)
         full = torch.zeros(B, num_rows, W, AGENT_CHANNELS)
-        mask[:, f.rows] = inside[None, None].expand(B, len(f.rows), W)
-        full[:, f.rows] = values
+
+        def put(rows: torch.Tensor, x, y, heading, valid, inside) -> None:  # x, y, heading, valid [B, K, W]
+            size = torch.stack([traj.length[rows, t], traj.width[rows, t], traj.height[rows, t]], -1)
+            full[:, rows] = encode_agents(x.double(), y.double(), heading.double(),
+                                          size[None, :, None].expand(B, -1, W, 3), scenes[0].meta.agent_type[rows],
+                                          valid, pose, anchor[:, rows])
+            mask[:, rows] = inside
+
+        if self.fixed is not None:
+            f = self.fixed
+            steps = torch.arange(t + 1, t + W + 1).clamp_max(f.x.shape[1] - 1)
+            inside = (torch.arange(t + 1, t + W + 1) < f.x.shape[1])[None, None].expand(B, len(f.rows), W)
+            put(f.rows, *(v[:, steps][None].expand(B, -1, -1) for v in (f.x, f.y, f.heading)),
+                f.valid[:, steps][None] & inside, inside)
+        if av_plan is not None:
+            av = torch.tensor([scenes[0].av_index])
+            ones = torch.ones(B, 1, W, dtype=torch.bool)
+            put(av, *(v[:, None] for v in av_plan), ones, ones)
         return mask, full
 
     # --- one denoiser call --------------------------------------------------------
@@ -337,7 +348,7 @@ class WorldSampler:
                  rows, slots) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x̂_0 and ε̂ of the future frames of ``rows`` and ``slots`` after 𝒞. Returns
         (agents x̂_0, agents ε̂, lights x̂_0, lights ε̂)."""
-        given = self._given(scenes, pose, context.anchor, window_agents.shape[1])
+        given = self._given(scenes, pose, context.anchor, window_agents.shape[1], carry.av_plan)
         inp, lanes, lane_valid = self._input(scenes, pose, context, window_agents, window_lights, levels_future,
                                              rows, slots, given)
         v_agents, v_lights = self.model.denoiser(inp)
@@ -348,17 +359,22 @@ class WorldSampler:
         x0, eps = predict_clean(inp.agents, v_agents, levels)
         l0, leps = predict_clean(inp.lights, v_lights, levels)
         x0, eps, l0, leps = x0[:, :, H:], eps[:, :, H:], l0[:, :, H:], leps[:, :, H:]
-        x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given)
+        movable = inp.is_av.logical_not() | self.options.drive_av  # [B, rows]
+        if given is not None:
+            movable &= ~given[0][:, rows].any(-1)
+        x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given, movable)
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given) -> torch.Tensor:
+    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
         x0 = C.soft_clip(x0)
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
         if self.on_road is not None:
             x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid)
+        if self.options.no_overlap:
+            x0 = C.push_apart(x0, anchor, movable)
         if given is not None:
             mask, values = given
             x0 = C.inpaint(x0, mask[:, rows], values[:, rows])
@@ -386,7 +402,7 @@ class WorldSampler:
         pose = carry.pose
         B, A, W, _ = carry.agents.shape
         context = self._context(scenes, pose)
-        rows = self._rows(context, None if self.options.spawn else _protocol_rows(scenes))
+        rows = self._rows(scenes, context, None if self.options.spawn else _protocol_rows(scenes))
         slots = self._light_slots(scenes, pose)
         agents = torch.randn(B, A, W, AGENT_CHANNELS, generator=generator)
         lights = torch.randn(B, carry.lights.shape[1], W, LIGHT_CHANNELS, generator=generator)
@@ -407,7 +423,7 @@ class WorldSampler:
         B = len(scenes)
         W = self.model.future
         context = self._context(scenes, pose)
-        rows = self._rows(context, None if self.options.spawn else _protocol_rows(scenes))
+        rows = self._rows(scenes, context, None if self.options.spawn else _protocol_rows(scenes))
         if self.options.kind == "amortized":
             carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels, carry.anchor, context.anchor)
             carry.pose, carry.anchor = pose, context.anchor
@@ -436,14 +452,16 @@ class WorldSampler:
             carry.plan_age += 1
         if not self.options.spawn:
             frame[..., VALID] = 1.0
+        plan = carry.av_plan
         actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], frame_anchor[b], pose[b],
-                                carry) for b in range(B)]
+                                carry, None if plan is None else tuple(v[b, 0] for v in plan)) for b in range(B)]
         return actions, carry
 
     def _action(self, scene: SceneState, frame: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
-                frame_pose: torch.Tensor, frame_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry) -> Action:
+                frame_pose: torch.Tensor, frame_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
+                av_next: tuple[torch.Tensor, ...] | None) -> Action:
         """The executed frame (in the AV frame of ``frame_pose``, relative to ``frame_anchor``) of one scene as
-        an ``Action`` for its controlled rows."""
+        an ``Action`` for its controlled rows. ``av_next``: the AV's next pose (x, y, heading) from its plan."""
         t = scene.step
         decoded = decode_agents(frame[:, None], frame_pose, frame_anchor)
         traj, meta = scene.traj, scene.meta
@@ -478,6 +496,8 @@ class WorldSampler:
             x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
                                                                         (traj.heading, heading)))
             valid = valid & ~(stuck & ~hold)
+        if self.options.no_overlap:
+            x, y, heading, valid = self._separate(scene, x, y, heading, length, width, valid, controlled, av_next)
         light_state = scene.lights.state[:, t].clone()
         if scene.lights.num_slots and not self.options.model_lights:
             light_state = self._program(scene, torch.arange(scene.lights.num_slots), torch.tensor([t + 1]))[:, 0]
@@ -488,6 +508,34 @@ class WorldSampler:
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
 
+    def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
+        """Executed-frame no-overlap check (``constraints`` docstring, 5): rows the model moved into a new
+        collision hold their previous pose (new agents are not spawned), until no new collision is left.
+        Rows other actors move are placed at their next pose as far as it is known: the AV's plan, or now."""
+        t, traj = scene.step, scene.traj
+        others = ~controlled
+        px, py, ph = (torch.where(others, now[:, t], v) for v, now in ((x, traj.x), (y, traj.y),
+                                                                      (heading, traj.heading)))
+        pv = torch.where(others, traj.valid[:, t], valid)
+        av = scene.av_index
+        if others[av] and av_next is not None:
+            px[av], py[av], ph[av] = (v.float() for v in av_next)
+        before = C.overlapping_pairs(traj.x[:, t], traj.y[:, t], traj.heading[:, t], length, width, traj.valid[:, t])
+        movable = controlled & valid
+        if self.fixed is not None:
+            movable[self.fixed.rows] = False
+        held = torch.zeros_like(valid)
+        for _ in range(scene.num_agents):
+            culprit = (C.overlapping_pairs(px, py, ph, length, width, pv) & ~before).any(1) & movable & ~held
+            if not culprit.any():
+                break
+            existing = culprit & traj.valid[:, t]
+            px, py, ph = (torch.where(existing, now[:, t], v) for v, now in ((px, traj.x), (py, traj.y),
+                                                                            (ph, traj.heading)))
+            pv = pv & ~(culprit & ~existing)
+            held |= culprit
+        return (torch.where(controlled, px, x), torch.where(controlled, py, y), torch.where(controlled, ph, heading),
+                pv & controlled)
 
     @torch.no_grad()
     def initialize(self, pose: torch.Tensor, generator: torch.Generator, *, num_agents: int = 32,

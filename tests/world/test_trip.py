@@ -1,0 +1,111 @@
+"""A 60 s closed-loop city trip with the learned world (tiny seeded checkpoint) and the ``idm_route`` AV: the AV's
+plan is inpainted, the road kept and no agent moved into a collision in every executed frame."""
+
+import pytest
+import torch
+
+from simgen.agents import PolicyContext, make_policy
+from simgen.maps import resolve_map
+from simgen.sim.rollout import closed_loop, mask_future, route_lanes_for
+from simgen.traffic import Demand, reference_trip
+from simgen.types import AgentType
+from simgen.world.constraints import OnRoad, overlapping_pairs, push_apart
+
+
+class Recorder:
+    """Wraps a world and keeps every action it returns (the model's executed frames, the AV's row included)."""
+
+    def __init__(self, world):
+        self.world, self.actions = world, []
+        self.plan_horizon = world.plan_horizon
+
+    def observe_plan(self, state, plan):
+        return self.world.observe_plan(state, plan)
+
+    def reset(self, scene, generator):
+        return self.world.reset(scene, generator)
+
+    def act(self, scene, state, generator):
+        action, state = self.world.act(scene, state, generator)
+        self.actions.append(action)
+        return action, state
+
+
+@pytest.fixture(scope="module")
+def trip(tiny_checkpoint, tmp_path_factory):
+    source = resolve_map("grid", seed=3)
+    ref = reference_trip(source, seed=3, steps=600, av_route=None, demand=Demand(vehicles_per_hour_per_km=120.0),
+                         radius_m=60.0, max_agents=96, warmup_s=30.0, workdir=tmp_path_factory.mktemp("trip"))
+    log = ref.scene
+    ctx = dict(roadmap=source.roadmap, log=log, route_lanes=route_lanes_for(source.roadmap, log, ref.route_edges),
+               radius_m=60.0)
+    av = make_policy("idm_route", PolicyContext(role="av", **ctx))
+    world = Recorder(make_policy("world_model", PolicyContext(role="world", **ctx), checkpoint=str(tiny_checkpoint)))
+    steps = log.num_steps - 1 - log.step
+    final = closed_loop(mask_future(log), av, world, steps, torch.Generator().manual_seed(0))
+    return source.roadmap, log, final, world.actions
+
+
+def test_the_av_plan_is_inpainted_in_every_executed_frame(trip):
+    _, log, final, actions = trip
+    av, t0 = final.av_index, log.step
+    assert len(actions) == 600
+    err = torch.stack([torch.hypot(a.x[av] - final.traj.x[av, t0 + 1 + k], a.y[av] - final.traj.y[av, t0 + 1 + k])
+                       for k, a in enumerate(actions)])
+    assert err.max() < 1e-3, f"the model's AV frame left the AV's executed pose by {err.max():.4f} m"
+
+
+def test_vehicles_keep_the_road_and_nothing_is_nan_over_the_trip(trip):
+    roadmap, log, final, _ = trip
+    on_road = OnRoad(roadmap)
+    t0 = log.step
+    traj = final.traj
+    world_rows = ~final.meta.is_av
+    assert torch.isfinite(traj.x[traj.valid]).all() and torch.isfinite(traj.heading[traj.valid]).all()
+    was_off = torch.zeros(final.num_agents, dtype=torch.bool)  # logged agents that entered off the road
+    was_off[:] = on_road.outside_boxes(traj.x[:, t0], traj.y[:, t0], traj.heading[:, t0], traj.length[:, t0],
+                                       traj.width[:, t0]) > 0
+    violations = 0
+    for t in range(t0 + 1, final.num_steps):
+        v = traj.valid[:, t] & world_rows & (final.meta.agent_type == AgentType.VEHICLE) & ~was_off
+        d = on_road.outside_boxes(traj.x[v, t], traj.y[v, t], traj.heading[v, t], traj.length[v, t], traj.width[v, t])
+        violations += int((d > 0).sum())
+    assert violations == 0
+    counts = traj.valid[world_rows, t0 + 1:].sum(0)
+    assert counts.max() <= 60, "spawning is bounded by the free rows the model may use"
+
+
+def test_the_world_never_moves_an_agent_into_a_collision(trip):
+    _, log, final, _ = trip
+    traj, av = final.traj, final.av_index
+    new_collisions = 0
+    for t in range(log.step + 1, final.num_steps):
+        box = (traj.length[:, t], traj.width[:, t])
+        now = overlapping_pairs(traj.x[:, t], traj.y[:, t], traj.heading[:, t], *box, traj.valid[:, t])
+        before = overlapping_pairs(traj.x[:, t - 1], traj.y[:, t - 1], traj.heading[:, t - 1], *box,
+                                   traj.valid[:, t - 1])
+        for i, j in (now & ~before).nonzero().tolist():
+            other = j if i == av else i
+            still = (traj.valid[other, t - 1] and traj.x[other, t] == traj.x[other, t - 1]
+                     and traj.y[other, t] == traj.y[other, t - 1])
+            new_collisions += not ((i == av or j == av) and still)  # only the AV may drive into a held agent
+    assert new_collisions == 0
+
+
+def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
+    from simgen.world.tokenizer import COS, SIZE, TYPE, VALID, X, Y
+
+    x0 = torch.zeros(1, 3, 4, 11)
+    x0[..., VALID] = 1.0
+    x0[..., COS] = 1.0
+    x0[..., TYPE] = -1.0
+    x0[..., TYPE.start] = 1.0
+    x0[..., SIZE] = torch.tensor([0.125, 0.375, 0.0])  # 4.5 m x 1.9 m
+    x0[0, 1, :, X] = 0.3  # 3 m ahead of row 0: overlapping
+    x0[0, 2, :, Y] = 3.0  # 30 m to the side: free
+    anchor = torch.zeros(1, 3, 2, dtype=torch.float64)
+    movable = torch.tensor([[False, True, True]])
+    out = push_apart(x0, anchor, movable)
+    assert torch.equal(out[0, 0], x0[0, 0]) and torch.equal(out[0, 2], x0[0, 2])
+    gap = (out[0, 1, :, X] - out[0, 0, :, X]) * 10  # m between centres
+    assert (gap > 4.5).all(), gap  # no longer overlapping along the lane
