@@ -65,12 +65,18 @@ def rollout(
     steps: Optional[int] = typer.Option(None, help="closed-loop steps at 10 Hz (overrides duration_s)"),
     set_: list[str] = typer.Option([], "--set", help="override any key: --set world=idm --set scene.radius_m=80"),
     video: bool = typer.Option(True, help="render bev.mp4"),
+    ref_logs: Optional[Path] = typer.Option(None, help="`simgen logs` folder with trips on the same map: "
+                                            "also score the trip's realism against them (trip JSDs)"),
 ):
     """Simulate a trip: SUMO reference traffic, the AV policy and a world in closed loop, then a BEV video.
+
+    The default scenario drives every other road user and every traffic light with the shipped world model.
 
     Examples:
 
       simgen rollout scenarios/city.yaml
+
+      simgen rollout scenarios/city.yaml --ref-logs logs/berlin-trips
 
       simgen rollout scenarios/city.yaml --set world=idm --steps 300 --out outputs/idm
     """
@@ -84,6 +90,10 @@ def rollout(
         overrides.append(f"duration_s={steps / 10}")
     scenario = scenario_mod.load(config, overrides)
     out = out or Path("outputs") / config.stem
+    if ref_logs is not None:
+        from simgen.metrics.evaluate import logs_with_trips, trip_against_logs
+
+        ref = logs_with_trips(ref_logs)
     tic = time.perf_counter()
     with io.atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="simgen-sumo-") as work:
         result, source, info = run_scenario(scenario, Path(work), progress=True)
@@ -116,6 +126,9 @@ def rollout(
             "config": scenario.model_dump(by_alias=True), "source_config": str(config),
         }
         io.write_json(tmp / "summary.json", summary)
+    if ref_logs is not None:  # after the rollout is saved: a map mismatch loses nothing
+        summary["realism"] = trip_against_logs(source.roadmap, result.state, ref)
+        io.write_json(out / "summary.json", summary)
     _print_summary(out, summary)
 
 
@@ -126,6 +139,11 @@ def _print_summary(out: Path, summary: dict) -> None:
     for key, value in summary["timings"].items():
         table.add_row(key, f"{value:.2f}")
     table.add_row("wall_time_s", f"{summary['wall_time_s']:.2f}")
+    if "realism" in summary:
+        realism = summary["realism"]
+        table.add_row("trip JSD composite (lower is better)", f"{realism['composite']:.3f}")
+        for name, value in realism["jsd"].items():
+            table.add_row(f"  {name}", f"{value:.3f}")
     Console().print(table)
 
 

@@ -486,6 +486,27 @@ def _trip_report(logs, roadmap: RoadMap, results: list[tuple[SceneState, list[Sc
             "rollouts": rollouts, "av": av or TRIP_AV, "seconds": sum(seconds for _, _, seconds in results)}
 
 
+def logs_with_trips(log_dir: str | Path):
+    """``load_logs(log_dir)``, which must hold trips (``simgen rollout --ref-logs`` checks it before simulating)."""
+    logs = load_logs(log_dir)
+    if not logs.trip_entries:
+        raise EvalError(f"{logs.root}: the logs hold no trips; record some with simgen logs --trip-seconds 60")
+    return logs
+
+
+def trip_against_logs(roadmap: RoadMap, trip: SceneState, logs) -> dict[str, Any]:
+    """Trip realism of one rollout (``simgen rollout --ref-logs``): its trip JSDs against every logged trip of
+    ``logs`` (``logs_with_trips``), which must be recorded on the same map."""
+    from simgen.metrics.trip import trip_jsd
+
+    if logs.roadmap().lane_ids != roadmap.lane_ids:
+        raise EvalError(f"{logs.root}: logs of map {logs.index.get('map')!r}, not the scenario's map; record them "
+                        "with simgen logs --map <the scenario's map> --trip-seconds 60")
+    score = trip_jsd(roadmap, [logs.trip(i) for i in range(len(logs.trip_entries))], [trip])
+    return {"jsd": score.jsd, "composite": score.composite, "log_dir": str(logs.root),
+            "trips": len(logs.trip_entries), "windows_log": score.num_windows_log, "windows_sim": score.num_windows_sim}
+
+
 def evaluate_worlds(log_dir: str | Path, worlds: Sequence[str], *, rollouts: int = 32, scenes: int | None = None,
                     seed: int = 0, workers: int = 1, av: str | None = None, trips: bool = False,
                     progress: bool = True) -> dict[str, Any]:

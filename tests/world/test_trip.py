@@ -1,6 +1,8 @@
 """A 60 s closed-loop city trip with the learned world (tiny seeded checkpoint) and the ``idm_route`` AV: the AV's
 plan is inpainted, the road kept and no agent moved into a collision in every executed frame."""
 
+import json
+
 import pytest
 import torch
 
@@ -109,3 +111,21 @@ def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
     assert torch.equal(out[0, 0], x0[0, 0]) and torch.equal(out[0, 2], x0[0, 2])
     gap = (out[0, 1, :, X] - out[0, 0, :, X]) * 10  # m between centres
     assert (gap > 4.5).all(), gap  # no longer overlapping along the lane
+
+
+def test_rollout_reports_trip_realism_against_reference_logs(world_logs, tmp_path):
+    from tests.test_cli import simgen
+
+    config = tmp_path / "grid.yaml"
+    config.write_text("map: grid\nseed: 3\nduration_s: 10\nworld: idm\ntraffic: {warmup_s: 20}\n")
+    out = tmp_path / "out"
+    result = simgen("rollout", str(config), "--out", str(out), "--no-video", "--ref-logs", str(world_logs))
+    assert result.returncode == 0, result.stderr
+    realism = json.loads((out / "summary.json").read_text())["realism"]
+    assert 0 <= realism["composite"] <= 1 and realism["windows_sim"] >= 1
+    assert set(realism["jsd"]) >= {"valid_agents", "light_transitions"}
+    empty = tmp_path / "no-trips"
+    empty.mkdir()
+    (empty / "logs.json").write_text(json.dumps({**json.loads((world_logs / "logs.json").read_text()), "trips": []}))
+    result = simgen("rollout", str(config), "--out", str(tmp_path / "out2"), "--ref-logs", str(empty))
+    assert result.returncode == 2 and "--trip-seconds" in result.stderr and not (tmp_path / "out2").exists()
