@@ -1,33 +1,43 @@
-"""Fast torch splat rasterizer: tiles, per-tile depth order, chunked front-to-back compositing with early stop.
+"""Fast torch splat rasterizer: tiles, per-block depth order, chunked front-to-back compositing with early stop.
 
 The ``"torch"`` backend of ``rasterize.render`` (semantics and notation in ``rasterize``'s module docstring; the
 dense twin ``rasterize_reference`` is its test oracle). Pure torch, so it runs and differentiates (autograd) on
 any device; written for CPUs, where gsplat's CUDA kernels do not exist.
 
 Steps of ``rasterize_tiled``:
-    1. ``project``: every (camera, Gaussian) at once, in closed form: Σ from (q, s) entry by entry; the camera
-       covariance W Σ Wᵀ as one matmul of (W ⊗ W) [C, 9, 9] with vec Σ [9, N]; J and Σ₂ entry by entry;
-       culling and the opacity-aware screen box (steps 1-2 of ``rasterize``).
-    2. Bin: the visible (camera, Gaussian) pairs sorted by depth (stable), each expanded to the tiles of its box
-       (``repeat_interleave``), then stable-sorted by global tile id (camera x tiles + row x tiles_x + column):
-       each tile's list is contiguous and in depth order (ties by Gaussian index), as gsplat's radix sort leaves it.
-    3. Composite: tiles with a non-empty list, grouped (``TILE_BATCH_ELEMENTS``) by decreasing list length.
-       For one group, rounds of K = ``DEPTH_CHUNK`` list entries: for the A tiles still live,
-       σ [A, 16, 16, K] is built from per-row and per-column pieces (½ a dx², ½ c dy², b dx: [A, 16, K] each;
-       3 full-size passes), then α, the skip mask, log(1 - α), its running sum along K and
-       T_k = T_in exp(Σ_{j<=k} log(1 - α_j)). The stop rule (T_k <= ``T_MIN``) is monotone along K, so one
-       comparison masks the stopping Gaussian and all later ones; the weights α_k T_{k-1} meet the features in
-       one batched matmul [A, 256, K] @ [A, K, X]. A pixel that stops is done; a tile whose pixels are all done
-       (or whose list is used up) leaves the group: the early termination.
-    4. Assemble the tiles into [C, H, W, X] and alpha = 1 - T.
+    1. ``project``: every (camera, Gaussian) at once, in closed form: Σ from (q, s); the camera covariance
+       W Σ Wᵀ as one matmul of (W ⊗ W) [C, 9, 9] with vec Σ [9, N]; J and Σ₂ entry by entry; culling and the
+       opacity-aware screen box (steps 1-2 of ``rasterize``).
+    2. ``bin_tiles``: the visible (camera, Gaussian) pairs sorted by depth (stable), each expanded
+       (``repeat_interleave``) to the ``BLOCK_SIZE`` (8 px) blocks of gsplat's 16 px tile range (its support,
+       step 3 of ``rasterize``). A (block, Gaussian) pair is dropped when σ's minimum over the block's rectangle
+       of pixel centres exceeds ln(o / ``ALPHA_MIN``) (+ ``CULL_MARGIN``): gsplat skips every one of those pixels
+       for that Gaussian, so the image does not change. Then a stable sort by global block id (camera, block
+       row, block column) leaves each block's list contiguous and in depth order (ties by Gaussian index), as
+       gsplat's radix sort does per tile.
+    3. ``_composite_group``: the non-empty blocks, by decreasing list length, in groups of about
+       ``BLOCK_BATCH_ELEMENTS`` / (64 K) blocks, each list padded to whole rounds of K = ``DEPTH_CHUNK``
+       entries (one gather of a per-(camera, Gaussian) table for all groups). Per round, for the A blocks still
+       live: σ [A, 8, 8, K] from per-row and per-column pieces (½ a dx², ½ c dy², b dx: [A, 8, K] each), α, the
+       skip, T by ``cumprod`` along K, the stop (T is non-increasing, so one ``searchsorted`` per pixel finds
+       it), and the weights α_k T_{k-1} meet the features in one batched matmul. A pixel that stops is done; a
+       block whose pixels are all done, or whose list is used up, leaves the group (the early termination).
+    4. Assemble the blocks into [C, H, W, X] and alpha = 1 - T.
 
-Autograd: everything is out-of-place torch; under grad each tile group is wrapped in
-``torch.utils.checkpoint`` (recomputed in backward), so memory stays bounded by one group's intermediates plus
-O(pairs) saved inputs. The skip/stop masks are piecewise constants, exactly as in gsplat's hand-written backward
-(no gradient through a Gaussian's being skipped or the stop).
+Why 8 px blocks when gsplat's tiles are 16 px: the per-round cost is A x 64 x K whatever the Gaussians cover, so
+smaller blocks waste fewer evaluations on pixels a Gaussian cannot reach, and a block finishes as soon as its 64
+pixels are opaque. Street scene of ``bench/bench_splats.py`` (100k Gaussians, 480 x 320): 16 px tiles without
+the culling of step 2: 1.0 s; 8 px blocks with it: 0.35 s (one thread).
 
-Numerics: T as exp of a running sum of log1p(-α) instead of a running product: the same value up to float
-rounding (~K ulp); gsplat also keeps T in float32.
+Autograd: everything is out-of-place torch. Under grad each group runs inside ``torch.utils.checkpoint``
+(recomputed in backward), so memory stays at one group's intermediates plus O(pairs) inputs; the skip and stop
+masks are piecewise constant, as in gsplat's hand-written backward (no gradient through a Gaussian's being
+skipped, nor through the stop). Without checkpointing the street scene's backward was no faster overall and
+held ~1 GB more.
+
+Deviation: gsplat also skips a pixel where σ < 0; σ = ½ dᵀ Σ₂⁻¹ d >= 0 for the positive-definite Σ₂⁻¹, so only
+rounding can make it negative (for Gaussians over ~1000 px wide); the twin checks it, this path does not.
+Numerics: T is a running product along K within a round (float rounding as gsplat's sequential product).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -49,8 +60,10 @@ from simgen.renderers.splats.rasterize import (
     Gaussians,
 )
 
+BLOCK_SIZE = 8  # px, side of the compositing blocks (a divisor of TILE_SIZE; step 3)
 DEPTH_CHUNK = 32  # K: list entries composited per round (step 3)
-TILE_BATCH_ELEMENTS = 1 << 18  # about this many A x 256 x K values per round (step 3), ~1 MB in float32
+BLOCK_BATCH_ELEMENTS = 1 << 18  # about this many A x B² x K values per round (step 3), ~1 MB in float32
+CULL_MARGIN = 1e-2  # step 2: a pair is dropped only if σ exceeds ln(o / ALPHA_MIN) by this much everywhere
 
 
 def project(gaussians: Gaussians, cameras: Cameras, near: float, far: float) -> dict[str, Tensor]:
@@ -103,82 +116,126 @@ def project(gaussians: Gaussians, cameras: Cameras, near: float, far: float) -> 
     return {"means2d": means2d, "depths": zc, "conics": conics, "radii": radii, "visible": visible}
 
 
-def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, visible: Tensor, width: int,
-              height: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Step 2: ``(pair_ids [P], tile_starts [C T], tile_counts [C T])``: the flat (camera x N + Gaussian) ids of
-    all (tile, Gaussian) pairs, grouped by global tile id and depth-sorted within a tile."""
+def bin_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, depths: Tensor, visible: Tensor,
+              width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 2: ``(pair_ids [P], block_starts [C B], block_counts [C B])``: the flat (camera x N + Gaussian) ids of
+    the (block, Gaussian) pairs, grouped by global block id (camera, block row, block column), depth-sorted within
+    a block. ``opacities`` [N]; the rest as ``project`` returns them."""
     c, n = depths.shape
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+    blocks_x, blocks_y = math.ceil(width / BLOCK_SIZE), math.ceil(height / BLOCK_SIZE)
+    per_tile = TILE_SIZE // BLOCK_SIZE
     candidates = visible.reshape(-1).nonzero().squeeze(1)
     order = candidates[torch.sort(depths.detach().reshape(-1)[candidates], stable=True).indices]
-    m2 = means2d.detach().reshape(-1, 2)[order] / TILE_SIZE
+    m2 = means2d.detach().reshape(-1, 2)[order]
     r = radii.reshape(-1, 2)[order].to(m2.dtype) / TILE_SIZE
-    x0 = torch.floor(m2[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
-    x1 = torch.ceil(m2[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
-    y0 = torch.floor(m2[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
-    y1 = torch.ceil(m2[:, 1] + r[:, 1]).clamp(0, tiles_y).long()
-    span = x1 - x0
-    counts = span * (y1 - y0)
-    total = int(counts.sum())
-    source = torch.repeat_interleave(torch.arange(len(order), device=order.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=order.device) - first[source]
-    tile = ((order[source] // n) * (tiles_x * tiles_y) + (y0[source] + local // span[source]) * tiles_x
-            + x0[source] + local % span[source])
-    tile, perm = torch.sort(tile, stable=True)
-    tile_counts = torch.bincount(tile, minlength=c * tiles_x * tiles_y)
-    return order[source[perm]], torch.cumsum(tile_counts, 0) - tile_counts, tile_counts
+    # gsplat's tile range (step 3 of rasterize), in blocks
+    x0 = torch.floor(m2[:, 0] / TILE_SIZE - r[:, 0]).clamp(0, tiles_x).int() * per_tile
+    x1 = (torch.ceil(m2[:, 0] / TILE_SIZE + r[:, 0]).clamp(0, tiles_x).int() * per_tile).clamp(max=blocks_x)
+    y0 = torch.floor(m2[:, 1] / TILE_SIZE - r[:, 1]).clamp(0, tiles_y).int() * per_tile
+    y1 = (torch.ceil(m2[:, 1] / TILE_SIZE + r[:, 1]).clamp(0, tiles_y).int() * per_tile).clamp(max=blocks_y)
+    span = (x1 - x0).clamp(min=0)
+    counts = span * (y1 - y0).clamp(min=0)
+    source = torch.repeat_interleave(torch.arange(len(order), device=order.device, dtype=torch.int32), counts)
+    first_block = (order // n).int() * (blocks_x * blocks_y) + y0 * blocks_x + x0
+    ints = torch.stack([torch.cumsum(counts, 0, dtype=torch.int32) - counts, span, first_block], -1)[source]
+    local = torch.arange(len(source), device=order.device, dtype=torch.int32) - ints[:, 0]
+    row = torch.div(local, ints[:, 1], rounding_mode="floor")
+    col = local - row * ints[:, 1]
+    block = ints[:, 2] + row * blocks_x + col  # global block id
+
+    # drop the blocks where the Gaussian's alpha stays below ALPHA_MIN at every pixel centre: gsplat skips
+    # those pixels anyway, so the image is unchanged (bound: σ's minimum over the block's rectangle of centres)
+    log_ratio = torch.log(opacities.detach().reshape(1, -1).expand(c, n).reshape(-1)[order] / ALPHA_MIN)
+    floats = torch.cat([m2, conics.detach().reshape(-1, 3)[order], log_ratio[:, None]], -1)[source]
+    in_image = block % (blocks_x * blocks_y)
+    corner_x = (in_image % blocks_x * BLOCK_SIZE).to(floats.dtype) + 0.5
+    corner_y = (torch.div(in_image, blocks_x, rounding_mode="floor") * BLOCK_SIZE).to(floats.dtype) + 0.5
+    lo_x, lo_y = corner_x - floats[:, 0], corner_y - floats[:, 1]
+    hi_x = (corner_x + (BLOCK_SIZE - 1)).clamp(max=width - 0.5) - floats[:, 0]
+    hi_y = (corner_y + (BLOCK_SIZE - 1)).clamp(max=height - 0.5) - floats[:, 1]
+    keep = _rectangle_min_sigma(floats[:, 2:5], lo_x, hi_x, lo_y, hi_y) <= floats[:, 5] + CULL_MARGIN
+    block, perm = torch.sort(block[keep], stable=True)
+    block_counts = torch.bincount(block, minlength=c * blocks_x * blocks_y)
+    return order[source[keep][perm]], torch.cumsum(block_counts, 0) - block_counts, block_counts
 
 
-def _composite_group(starts: Tensor, counts: Tensor, origin: Tensor, live: Tensor, pair_xy: Tensor,
-                     pair_conic: Tensor, pair_opacity: Tensor, pair_features: Tensor) -> tuple[Tensor, Tensor]:
-    """Step 3 for G tiles: ``(features [G, 256, X], T [G, 256])``.
+def _rectangle_min_sigma(conic: Tensor, lo_x: Tensor, hi_x: Tensor, lo_y: Tensor, hi_y: Tensor) -> Tensor:
+    """``[P]`` minimum of σ(d) = ½ (a dx² + c dy²) + b dx dy over the rectangle [lo_x, hi_x] x [lo_y, hi_y] of
+    offsets d from the mean (0 when it holds the mean, else the least of the four edges' 1D minima)."""
+    a, b, c = conic.unbind(-1)
 
-    ``starts``, ``counts`` [G]: each tile's slice of the pair arrays; ``origin`` [G, 2] its top-left pixel
-    corner + 0.5 (so pixel (i, j) of the tile has centre origin + (j, i)); ``live`` [G, 256] pixels inside the
-    image; ``pair_*`` [P, ...] the pairs' screen means, conics, opacities and features."""
-    g, num_pairs, dtype = len(starts), len(pair_opacity), pair_xy.dtype
-    side = torch.arange(TILE_SIZE, dtype=dtype, device=pair_xy.device)
-    slots = torch.arange(DEPTH_CHUNK, device=pair_xy.device)
-    transmittance = torch.ones(g, TILE_SIZE * TILE_SIZE, dtype=dtype, device=pair_xy.device)
-    accumulated = torch.zeros(g, TILE_SIZE * TILE_SIZE, pair_features.shape[1], dtype=dtype, device=pair_xy.device)
-    done = ~live
-    for first in range(0, int(counts.max()), DEPTH_CHUNK):
-        live_tiles = ((counts > first) & ~done.all(1)).nonzero().squeeze(1)
-        if not len(live_tiles):
-            break
-        a = len(live_tiles)
-        slot = first + slots
-        index = (starts[live_tiles, None] + slot).clamp(max=num_pairs - 1)  # [A, K]
-        valid = slot < counts[live_tiles, None]
-        local = pair_xy[index] - origin[live_tiles, None, :]  # [A, K, 2] mean relative to the tile's pixel 0
-        dx = local[:, None, :, 0] - side[None, :, None]  # [A, 16 columns, K]
-        dy = local[:, None, :, 1] - side[None, :, None]  # [A, 16 rows, K]
-        conic = pair_conic[index]  # [A, K, 3]
-        half_a_dx2 = 0.5 * conic[:, None, :, 0] * dx * dx
-        half_c_dy2 = 0.5 * conic[:, None, :, 2] * dy * dy
-        b_dx = conic[:, None, :, 1] * dx
-        sigma = (half_c_dy2[:, :, None, :] + half_a_dx2[:, None, :, :]
-                 + dy[:, :, None, :] * b_dx[:, None, :, :]).reshape(a, -1, DEPTH_CHUNK)  # [A, 256, K]
-        opacity = torch.where(valid, pair_opacity[index], torch.zeros((), dtype=dtype, device=pair_xy.device))
-        alpha = torch.clamp(opacity[:, None, :] * torch.exp(-sigma), max=MAX_ALPHA)
-        alpha = torch.where((alpha >= ALPHA_MIN) & (sigma >= 0), alpha, torch.zeros((), dtype=dtype,
-                                                                                    device=pair_xy.device))
-        log_keep = torch.log1p(-alpha)
-        t_in = transmittance[live_tiles]  # [A, 256]
-        t_after = torch.exp(torch.cumsum(log_keep, -1))  # T after each entry, relative to t_in
+    def sigma(dx: Tensor, dy: Tensor) -> Tensor:
+        return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+
+    edges = [sigma(dx, torch.minimum(torch.maximum(-b * dx / c, lo_y), hi_y)) for dx in (lo_x, hi_x)]
+    edges += [sigma(torch.minimum(torch.maximum(-b * dy / a, lo_x), hi_x), dy) for dy in (lo_y, hi_y)]
+    inside = (lo_x <= 0) & (hi_x >= 0) & (lo_y <= 0) & (hi_y >= 0)
+    return torch.where(inside, 0.0, torch.stack(edges).amin(0))
+
+
+def _composite_group(counts: Tensor, origin: Tensor, live: Tensor, data: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 3 for G blocks: ``(features [G, B², X], T [G, B²])`` with B = ``BLOCK_SIZE``.
+
+    ``counts`` [G]: list lengths; ``origin`` [G, 2] each block's top-left pixel corner + 0.5 (pixel (i, j) of
+    the block has centre origin + (j, i)); ``live`` [G, B²] pixels inside the image; ``data`` [G, R K, 6 + X]
+    each block's list padded to R rounds of K entries: the screen mean (2), the exponent's conic pieces
+    -log2(e) (a/2, b, c/2), log2 o, and the features.
+
+    Per round, s = log2 α_raw = log2 o - σ log2 e; ``threshold`` sends s < log2 ``ALPHA_MIN`` to -inf (the
+    skip: exp2 gives 0, and no subnormal is ever computed), α = min(exp2 s, ``MAX_ALPHA``),
+    T_k = cumprod(1 - α) relative to the round's T_in. The kept entries are the first n with
+    T_in T_k > ``T_MIN`` (T is non-increasing along K, so ``searchsorted`` finds n); they add
+    f α_k T_in T_{k-1}, and T_in T_n is the next round's T_in. The live blocks only shrink from round to round
+    (lists run out, pixels finish), so the state is carried for the live blocks only and a block's result is
+    emitted when it leaves; no per-round tensor is as large as the group's (autograd's zero-filled gradient
+    buffers stay small)."""
+    g, dtype, device = len(counts), data.dtype, data.device
+    side = torch.arange(BLOCK_SIZE, dtype=dtype, device=device)
+    slots = torch.arange(DEPTH_CHUNK, device=device)
+    log2_alpha_min = torch.nextafter(torch.tensor(math.log2(ALPHA_MIN), dtype=dtype),
+                                     torch.tensor(-math.inf, dtype=dtype)).item()
+    pixels = BLOCK_SIZE * BLOCK_SIZE
+    rounds = data.reshape(g, -1, DEPTH_CHUNK, data.shape[-1]).unbind(1)
+    ids = torch.arange(g, device=device)
+    transmittance = torch.ones(g, pixels, dtype=dtype, device=device)
+    accumulated = torch.zeros(g, pixels, data.shape[-1] - 6, dtype=dtype, device=device)
+    done, left = ~live, counts
+    finished: list[tuple[Tensor, Tensor, Tensor]] = []
+    for r, chunk in enumerate(rounds):
+        a = len(ids)
+        chunk = chunk if a == g else chunk[ids]  # [A, K, 6 + X]
+        local = chunk[..., :2] - origin[ids, None, :]  # [A, K, 2] mean relative to the block's pixel 0
+        dx = local[:, None, :, 0] - side[None, :, None]  # [A, B columns, K]
+        dy = local[:, None, :, 1] - side[None, :, None]  # [A, B rows, K]
+        log2_opacity = torch.where(slots < left[:, None], chunk[..., 5], -math.inf)
+        column_part = chunk[:, None, :, 2] * dx * dx + log2_opacity[:, None, :]
+        row_part = chunk[:, None, :, 4] * dy * dy
+        s = torch.addcmul(row_part[:, :, None, :] + column_part[:, None, :, :], dy[:, :, None, :],
+                          (chunk[:, None, :, 3] * dx)[:, None, :, :]).reshape(a, pixels, DEPTH_CHUNK)
+        alpha = torch.exp2(F.threshold(s, log2_alpha_min, -math.inf)).clamp(max=MAX_ALPHA)
+        keep = 1.0 - alpha
+        t_after = torch.cumprod(keep, -1)  # [A, B², K] T after each entry, relative to the round's T_in
         with torch.no_grad():
-            limit = torch.where(done[live_tiles], torch.full_like(t_in, math.inf), T_MIN / t_in)
-            stop = t_after <= limit[..., None]  # monotone along K: the stopping entry and all later ones
-        t_before = torch.cat([torch.ones_like(t_after[..., :1]), t_after[..., :-1]], -1)
-        weight = torch.where(stop, torch.zeros((), dtype=dtype, device=pair_xy.device), alpha * t_before)
-        added = torch.bmm(weight, pair_features[index]) * t_in[..., None]  # [A, 256, X]
-        t_out = t_in * torch.exp(torch.where(stop, torch.zeros((), dtype=dtype, device=pair_xy.device),
-                                             log_keep).sum(-1))
-        transmittance = transmittance.index_copy(0, live_tiles, t_out)
-        accumulated = accumulated.index_add(0, live_tiles, added)
-        done = done.index_copy(0, live_tiles, done[live_tiles] | stop[..., -1])
-    return accumulated, transmittance
+            limit = torch.where(done, 2.0, T_MIN / transmittance)  # done pixels keep nothing
+            kept = torch.searchsorted(-t_after, -limit[..., None])  # [A, B², 1]: entries with T > limit
+            mask = (slots < kept).to(dtype)
+        weight = alpha * (t_after / keep) * mask  # α_k T_{k-1}, 0 from the stop on
+        added = torch.bmm(chunk[..., 6:].transpose(1, 2), weight.transpose(1, 2)).transpose(1, 2)
+        t_last = torch.cat([torch.ones_like(t_after[..., :1]), t_after], -1).gather(-1, kept)[..., 0]
+        accumulated = accumulated + added * transmittance[..., None]
+        transmittance = transmittance * t_last
+        done = done | (kept[..., 0] < DEPTH_CHUNK)
+        left = left - DEPTH_CHUNK
+        stay = (left > 0) & ~done.all(1)
+        if r + 1 == len(rounds) or not bool(stay.all()):
+            finished.append((ids[~stay], accumulated[~stay], transmittance[~stay]))
+            if not bool(stay.any()):
+                break
+            ids, accumulated, transmittance = ids[stay], accumulated[stay], transmittance[stay]
+            done, left = done[stay], left[stay]
+    order = torch.argsort(torch.cat([f[0] for f in finished]))
+    return torch.cat([f[1] for f in finished])[order], torch.cat([f[2] for f in finished])[order]
 
 
 def rasterize_tiled(gaussians: Gaussians, cameras: Cameras, *, with_colors: bool = True, with_depth: bool = False,
@@ -189,49 +246,56 @@ def rasterize_tiled(gaussians: Gaussians, cameras: Cameras, *, with_colors: bool
     c, n = proj["depths"].shape
     width, height = cameras.width, cameras.height
     dtype, device = gaussians.means.dtype, gaussians.means.device
-    tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-    pair_ids, starts, counts = bin_tiles(proj["means2d"], proj["radii"], proj["depths"], proj["visible"], width,
-                                         height)
+    blocks_x, blocks_y = math.ceil(width / BLOCK_SIZE), math.ceil(height / BLOCK_SIZE)
+    pair_ids, starts, counts = bin_tiles(proj["means2d"], proj["conics"], gaussians.opacities, proj["radii"],
+                                         proj["depths"], proj["visible"], width, height)
     feats = []
     if with_colors:
         feats.append(gaussians.colors[None].expand(c, n, -1))
     if with_depth:
         feats.append(proj["depths"][..., None])
-    features = torch.cat(feats, -1).reshape(c * n, -1)
-    num_features = features.shape[1]
-    pair_xy = proj["means2d"].reshape(-1, 2)[pair_ids]
-    pair_conic = proj["conics"].reshape(-1, 3)[pair_ids]
-    pair_opacity = gaussians.opacities[pair_ids % n]
-    pair_features = features[pair_ids]
+    features = torch.cat(feats, -1)
+    num_features = features.shape[-1]
+    to_exponent = torch.tensor([-0.5, -1.0, -0.5], dtype=dtype, device=device) * math.log2(math.e)
+    table = torch.cat([proj["means2d"], proj["conics"] * to_exponent,
+                       torch.log2(gaussians.opacities)[None, :, None].expand(c, n, 1), features], -1)
+    table = table.reshape(c * n, -1)  # [C N, 6 + X] per (camera, Gaussian), see _composite_group
 
-    pixel = torch.arange(TILE_SIZE * TILE_SIZE, device=device)
+    # groups of blocks with similar list lengths, each list padded to whole rounds; one gather for all
+    pixel = torch.arange(BLOCK_SIZE * BLOCK_SIZE, device=device)
     occupied = counts.nonzero().squeeze(1)
     occupied = occupied[torch.sort(counts[occupied], descending=True, stable=True).indices]
-    per_group = max(1, TILE_BATCH_ELEMENTS // (TILE_SIZE * TILE_SIZE * DEPTH_CHUNK))
-    tile_in_image = occupied % (tiles_x * tiles_y)
-    col0, row0 = (tile_in_image % tiles_x) * TILE_SIZE, (tile_in_image // tiles_x) * TILE_SIZE
+    per_group = max(1, BLOCK_BATCH_ELEMENTS // (BLOCK_SIZE * BLOCK_SIZE * DEPTH_CHUNK))
+    groups = [occupied[lo:lo + per_group] for lo in range(0, len(occupied), per_group)]
+    lengths = [math.ceil(int(counts[group[0]]) / DEPTH_CHUNK) * DEPTH_CHUNK for group in groups]
+    padded = [starts[group, None] + torch.arange(length, device=device) for group, length in zip(groups, lengths)]
+    if padded:
+        flat = torch.cat([p.reshape(-1) for p in padded]).clamp(max=max(len(pair_ids) - 1, 0))
+        data = table[pair_ids[flat]].split([p.numel() for p in padded])
+    use_checkpoint = torch.is_grad_enabled() and table.requires_grad
+    block_in_image = occupied % (blocks_x * blocks_y)
+    col0, row0 = (block_in_image % blocks_x) * BLOCK_SIZE, (block_in_image // blocks_x) * BLOCK_SIZE
     origin = torch.stack([col0, row0], -1).to(dtype) + 0.5
-    live = ((col0[:, None] + pixel % TILE_SIZE) < width) & ((row0[:, None] + pixel // TILE_SIZE) < height)
-    use_checkpoint = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (pair_xy, pair_conic, pair_opacity, pair_features))
-    results = []
-    for lo in range(0, len(occupied), per_group):
-        args = (starts[occupied[lo:lo + per_group]], counts[occupied[lo:lo + per_group]], origin[lo:lo + per_group],
-                live[lo:lo + per_group], pair_xy, pair_conic, pair_opacity, pair_features)
+    live = ((col0[:, None] + pixel % BLOCK_SIZE) < width) & ((row0[:, None] + pixel // BLOCK_SIZE) < height)
+    results, lo = [], 0
+    for group, length, chunk in zip(groups, lengths, data if padded else []):
+        part = slice(lo, lo + len(group))
+        args = (counts[group], origin[part], live[part], chunk.reshape(len(group), length, -1))
         results.append(checkpoint(_composite_group, *args, use_reentrant=False) if use_checkpoint
                        else _composite_group(*args))
+        lo += len(group)
 
-    all_tiles = c * tiles_x * tiles_y
-    image = torch.zeros(all_tiles, TILE_SIZE * TILE_SIZE, num_features, dtype=dtype, device=device)
-    transmittance = torch.ones(all_tiles, TILE_SIZE * TILE_SIZE, dtype=dtype, device=device)
+    all_blocks = c * blocks_x * blocks_y
+    image = torch.zeros(all_blocks, BLOCK_SIZE * BLOCK_SIZE, num_features, dtype=dtype, device=device)
+    transmittance = torch.ones(all_blocks, BLOCK_SIZE * BLOCK_SIZE, dtype=dtype, device=device)
     if results:
         image = image.index_copy(0, occupied, torch.cat([r[0] for r in results]))
         transmittance = transmittance.index_copy(0, occupied, torch.cat([r[1] for r in results]))
 
-    def untile(values: Tensor) -> Tensor:
-        grid = values.reshape(c, tiles_y, tiles_x, TILE_SIZE, TILE_SIZE, -1).permute(0, 1, 3, 2, 4, 5)
-        return grid.reshape(c, tiles_y * TILE_SIZE, tiles_x * TILE_SIZE, -1)[:, :height, :width]
+    def unblock(values: Tensor) -> Tensor:
+        grid = values.reshape(c, blocks_y, blocks_x, BLOCK_SIZE, BLOCK_SIZE, -1).permute(0, 1, 3, 2, 4, 5)
+        return grid.reshape(c, blocks_y * BLOCK_SIZE, blocks_x * BLOCK_SIZE, -1)[:, :height, :width]
 
     meta = {key: proj[key] for key in ("means2d", "depths", "conics", "radii")}
-    meta["n_isects"] = len(pair_ids)
-    return untile(image), 1.0 - untile(transmittance[..., None]), meta
+    meta["n_pairs"] = len(pair_ids)
+    return unblock(image), 1.0 - unblock(transmittance[..., None]), meta
