@@ -151,7 +151,7 @@ class SplatParams:
 class Actor:
     """One reconstructed actor: its id in the log, type, median box size and box per training frame."""
 
-    actor_id: int  # the log's id (simgen logs: instance id ``1 + slot``)
+    actor_id: int  # the log's id (simgen logs: the rollout's ``agent/object_id``)
     agent_type: int  # ``AgentType``
     size_m: tuple[float, float, float]  # length, width, height
 
