@@ -187,9 +187,11 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
                                 [:8 * batch_size].tolist()),
         batch_size=batch_size, collate_fn=collate)
     module = WorldModule(config=asdict(config), future=future, lr=lr, total_steps=steps)
-    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/loss", save_last=True)
+    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/loss")
+    # by optimizer step, so a resumed run keeps saving even where Lightning's validation counter drifts
+    latest = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=val_every, enable_version_counter=False)
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, val_check_interval=val_every,
-                        check_val_every_n_epoch=None, callbacks=[best], default_root_dir=out,
+                        check_val_every_n_epoch=None, callbacks=[best, latest], default_root_dir=out,
                         enable_progress_bar=progress, log_every_n_steps=50, num_sanity_val_steps=0,
                         gradient_clip_val=1.0)
     last = out / "last.ckpt"
