@@ -88,7 +88,7 @@ class Scenario(_Strict):
     seed: int = Field(0, ge=0, description="seeds SUMO demand, the world and every policy")
     duration_s: float = Field(60.0, gt=0, le=3600, description="closed-loop time after 1.1 s of history, s")
     av: AV = Field(default_factory=AV)
-    world: str = Field("sumo", description="who drives everyone but the AV: world_model | sumo | idm | "
+    world: str = Field("world_model", description="who drives everyone but the AV: world_model | sumo | idm | "
                                           "constant_velocity | log_replay")
     world_model: WorldModelConfig = Field(default_factory=lambda: WorldModelConfig(),
                                           description="options of the world_model world")
