@@ -120,58 +120,60 @@ def bin_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor,
               width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
     """Step 2: ``(pair_ids [P], block_starts [C B], block_counts [C B])``: the flat (camera x N + Gaussian) ids of
     the (block, Gaussian) pairs, grouped by global block id (camera, block row, block column), depth-sorted within
-    a block. ``opacities`` [N]; the rest as ``project`` returns them."""
+    a block. ``opacities`` [N]; the rest as ``project`` returns them.
+
+    A Gaussian reaches the blocks of gsplat's tile range whose pixel centres meet its ellipse
+    E = {d: ½ dᵀ Q d <= L}, Q the conic, L = ln(o / ``ALPHA_MIN``) + ``CULL_MARGIN`` (outside E its alpha is
+    below ``ALPHA_MIN``, so gsplat skips those pixels: dropping the pair leaves the image unchanged). Per block row,
+    the x-extent of E within the row's band of centres (dy in [lo, hi]) is exact: the right edge
+    (-b dy + sqrt(2 a L - det dy²)) / a is concave in dy, so its maximum over the band is at E's rightmost point's
+    dy = -b sqrt(2 L / (c det)) clamped to the band; the left edge likewise. So pairs are generated for the kept
+    blocks only: Gaussians -> block rows -> block columns, two ``repeat_interleave``."""
     c, n = depths.shape
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
     blocks_x, blocks_y = math.ceil(width / BLOCK_SIZE), math.ceil(height / BLOCK_SIZE)
-    per_tile = TILE_SIZE // BLOCK_SIZE
+    per_tile, last = TILE_SIZE // BLOCK_SIZE, BLOCK_SIZE - 0.5  # last: the block's last pixel centre offset
     candidates = visible.reshape(-1).nonzero().squeeze(1)
     order = candidates[torch.sort(depths.detach().reshape(-1)[candidates], stable=True).indices]
     m2 = means2d.detach().reshape(-1, 2)[order]
     r = radii.reshape(-1, 2)[order].to(m2.dtype) / TILE_SIZE
     # gsplat's tile range (step 3 of rasterize), in blocks
-    x0 = torch.floor(m2[:, 0] / TILE_SIZE - r[:, 0]).clamp(0, tiles_x).int() * per_tile
-    x1 = (torch.ceil(m2[:, 0] / TILE_SIZE + r[:, 0]).clamp(0, tiles_x).int() * per_tile).clamp(max=blocks_x)
-    y0 = torch.floor(m2[:, 1] / TILE_SIZE - r[:, 1]).clamp(0, tiles_y).int() * per_tile
-    y1 = (torch.ceil(m2[:, 1] / TILE_SIZE + r[:, 1]).clamp(0, tiles_y).int() * per_tile).clamp(max=blocks_y)
-    span = (x1 - x0).clamp(min=0)
-    counts = span * (y1 - y0).clamp(min=0)
-    source = torch.repeat_interleave(torch.arange(len(order), device=order.device, dtype=torch.int32), counts)
-    first_block = (order // n).int() * (blocks_x * blocks_y) + y0 * blocks_x + x0
-    ints = torch.stack([torch.cumsum(counts, 0, dtype=torch.int32) - counts, span, first_block], -1)[source]
-    local = torch.arange(len(source), device=order.device, dtype=torch.int32) - ints[:, 0]
-    row = torch.div(local, ints[:, 1], rounding_mode="floor")
-    col = local - row * ints[:, 1]
-    block = ints[:, 2] + row * blocks_x + col  # global block id
-
-    # drop the blocks where the Gaussian's alpha stays below ALPHA_MIN at every pixel centre: gsplat skips
-    # those pixels anyway, so the image is unchanged (bound: σ's minimum over the block's rectangle of centres)
-    log_ratio = torch.log(opacities.detach().reshape(1, -1).expand(c, n).reshape(-1)[order] / ALPHA_MIN)
-    floats = torch.cat([m2, conics.detach().reshape(-1, 3)[order], log_ratio[:, None]], -1)[source]
-    in_image = block % (blocks_x * blocks_y)
-    corner_x = (in_image % blocks_x * BLOCK_SIZE).to(floats.dtype) + 0.5
-    corner_y = (torch.div(in_image, blocks_x, rounding_mode="floor") * BLOCK_SIZE).to(floats.dtype) + 0.5
-    lo_x, lo_y = corner_x - floats[:, 0], corner_y - floats[:, 1]
-    hi_x = (corner_x + (BLOCK_SIZE - 1)).clamp(max=width - 0.5) - floats[:, 0]
-    hi_y = (corner_y + (BLOCK_SIZE - 1)).clamp(max=height - 0.5) - floats[:, 1]
-    keep = _rectangle_min_sigma(floats[:, 2:5], lo_x, hi_x, lo_y, hi_y) <= floats[:, 5] + CULL_MARGIN
-    block, perm = torch.sort(block[keep], stable=True)
+    x0 = torch.floor(m2[:, 0] / TILE_SIZE - r[:, 0]).clamp(0, tiles_x) * per_tile
+    x1 = (torch.ceil(m2[:, 0] / TILE_SIZE + r[:, 0]).clamp(0, tiles_x) * per_tile).clamp(max=blocks_x)
+    y0 = torch.floor(m2[:, 1] / TILE_SIZE - r[:, 1]).clamp(0, tiles_y) * per_tile
+    y1 = (torch.ceil(m2[:, 1] / TILE_SIZE + r[:, 1]).clamp(0, tiles_y) * per_tile).clamp(max=blocks_y)
+    qa, qb, qc = conics.detach().reshape(-1, 3)[order].unbind(-1)
+    level = torch.log(opacities.detach().reshape(1, -1).expand(c, n).reshape(-1)[order] / ALPHA_MIN) + CULL_MARGIN
+    det = qa * qc - qb * qb
+    reach_y = torch.sqrt(2 * level * qa / det)  # E's half-height
+    row0 = torch.maximum(y0, torch.ceil((m2[:, 1] - reach_y - last) / BLOCK_SIZE))
+    row1 = torch.minimum(y1, torch.floor((m2[:, 1] + reach_y - 0.5) / BLOCK_SIZE) + 1)
+    rows = (row1 - row0).clamp(min=0).long()
+    # Gaussians -> block rows
+    per_gaussian = torch.stack([m2[:, 0], m2[:, 1], qa, qb, level, det, reach_y, row0, x0, x1,
+                                (order // n).to(m2.dtype)], -1)
+    source = torch.repeat_interleave(torch.arange(len(order), device=order.device), rows)
+    g = per_gaussian[source]
+    by = g[:, 7] + (torch.arange(len(source), device=order.device) - (torch.cumsum(rows, 0) - rows)[source])
+    lo = torch.maximum(by * BLOCK_SIZE + 0.5 - g[:, 1], -g[:, 6])
+    hi = torch.minimum((by * BLOCK_SIZE + last).clamp(max=height - 0.5) - g[:, 1], g[:, 6])
+    qa, qb, level, det = g[:, 2], g[:, 3], g[:, 4], g[:, 5]
+    qc = (det + qb * qb) / qa
+    extreme = qb * torch.sqrt(2 * level / (qc * det))  # dy of E's leftmost point; -extreme: its rightmost
+    dy_right, dy_left = torch.minimum(torch.maximum(-extreme, lo), hi), torch.minimum(torch.maximum(extreme, lo), hi)
+    right = (-qb * dy_right + torch.sqrt((2 * qa * level - det * dy_right ** 2).clamp(min=0))) / qa
+    left = (-qb * dy_left - torch.sqrt((2 * qa * level - det * dy_left ** 2).clamp(min=0))) / qa
+    col0 = torch.maximum(g[:, 8], torch.ceil((g[:, 0] + left - last) / BLOCK_SIZE))
+    col1 = torch.minimum(g[:, 9], torch.floor((g[:, 0] + right - 0.5) / BLOCK_SIZE) + 1)
+    cols = torch.where(lo <= hi, col1 - col0, 0).clamp(min=0).long()
+    # block rows -> blocks
+    row_source = torch.repeat_interleave(torch.arange(len(source), device=order.device), cols)
+    first = (g[:, 10] * (blocks_x * blocks_y) + by * blocks_x + col0).long()
+    block = first[row_source] + (torch.arange(len(row_source), device=order.device)
+                                 - (torch.cumsum(cols, 0) - cols)[row_source])
+    block, perm = torch.sort(block, stable=True)
     block_counts = torch.bincount(block, minlength=c * blocks_x * blocks_y)
-    return order[source[keep][perm]], torch.cumsum(block_counts, 0) - block_counts, block_counts
-
-
-def _rectangle_min_sigma(conic: Tensor, lo_x: Tensor, hi_x: Tensor, lo_y: Tensor, hi_y: Tensor) -> Tensor:
-    """``[P]`` minimum of σ(d) = ½ (a dx² + c dy²) + b dx dy over the rectangle [lo_x, hi_x] x [lo_y, hi_y] of
-    offsets d from the mean (0 when it holds the mean, else the least of the four edges' 1D minima)."""
-    a, b, c = conic.unbind(-1)
-
-    def sigma(dx: Tensor, dy: Tensor) -> Tensor:
-        return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-
-    edges = [sigma(dx, torch.minimum(torch.maximum(-b * dx / c, lo_y), hi_y)) for dx in (lo_x, hi_x)]
-    edges += [sigma(torch.minimum(torch.maximum(-b * dy / a, lo_x), hi_x), dy) for dy in (lo_y, hi_y)]
-    inside = (lo_x <= 0) & (hi_x >= 0) & (lo_y <= 0) & (hi_y >= 0)
-    return torch.where(inside, 0.0, torch.stack(edges).amin(0))
+    return order[source[row_source[perm]]], torch.cumsum(block_counts, 0) - block_counts, block_counts
 
 
 def _composite_group(counts: Tensor, origin: Tensor, live: Tensor, data: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,7 +188,10 @@ def _composite_group(counts: Tensor, origin: Tensor, live: Tensor, data: Tensor)
     skip: exp2 gives 0, and no subnormal is ever computed), α = min(exp2 s, ``MAX_ALPHA``),
     T_k = cumprod(1 - α) relative to the round's T_in. The kept entries are the first n with
     T_in T_k > ``T_MIN`` (T is non-increasing along K, so ``searchsorted`` finds n); they add
-    f α_k T_in T_{k-1}, and T_in T_n is the next round's T_in. The live blocks only shrink from round to round
+    f α_k T_in T_{k-1}, and T_in T_n is the next round's T_in. All entries are composited with one batched
+    matmul; the few pixels that stop in the round (T_in T_K <= ``T_MIN``) then get their dropped entries
+    subtracted (a sparse correction instead of a full-size mask), and pixels done in earlier rounds are masked
+    on the [A, B²] results. The live blocks only shrink from round to round
     (lists run out, pixels finish), so the state is carried for the live blocks only and a block's result is
     emitted when it leaves; no per-round tensor is as large as the group's (autograd's zero-filled gradient
     buffers stay small)."""
@@ -216,16 +221,27 @@ def _composite_group(counts: Tensor, origin: Tensor, live: Tensor, data: Tensor)
         alpha = torch.exp2(F.threshold(s, log2_alpha_min, -math.inf)).clamp(max=MAX_ALPHA)
         keep = 1.0 - alpha
         t_after = torch.cumprod(keep, -1)  # [A, B², K] T after each entry, relative to the round's T_in
+        weight = alpha * (t_after / keep)  # α_k T_{k-1}
+        features = chunk[..., 6:]
+        added = torch.bmm(features.transpose(1, 2), weight.transpose(1, 2)).transpose(1, 2)  # [A, B², X]
+        t_end = t_after[..., -1]  # [A, B²]
         with torch.no_grad():
-            limit = torch.where(done, 2.0, T_MIN / transmittance)  # done pixels keep nothing
-            kept = torch.searchsorted(-t_after, -limit[..., None])  # [A, B², 1]: entries with T > limit
-            mask = (slots < kept).to(dtype)
-        weight = alpha * (t_after / keep) * mask  # α_k T_{k-1}, 0 from the stop on
-        added = torch.bmm(chunk[..., 6:].transpose(1, 2), weight.transpose(1, 2)).transpose(1, 2)
-        t_last = torch.cat([torch.ones_like(t_after[..., :1]), t_after], -1).gather(-1, kept)[..., 0]
-        accumulated = accumulated + added * transmittance[..., None]
-        transmittance = transmittance * t_last
-        done = done | (kept[..., 0] < DEPTH_CHUNK)
+            limit = torch.where(done, -1.0, T_MIN / transmittance)  # done pixels are masked below instead
+            stops = (t_end <= limit).nonzero()  # the few pixels that stop in this round
+        if len(stops):  # drop their entries from the stop on: a sparse correction, not a full-size mask
+            block, pixel = stops.unbind(1)
+            t_rows = t_after[block, pixel]  # [S, K]
+            with torch.no_grad():
+                kept = torch.searchsorted(-t_rows, -limit[block, pixel, None])  # [S, 1]: entries with T > limit
+                dropped = (slots >= kept).to(dtype)
+            correction = ((weight[block, pixel] * dropped)[..., None] * features[block]).sum(1)  # [S, X]
+            added = added.index_put((block, pixel), -correction, accumulate=True)
+            t_end = t_end.index_put((block, pixel), F.pad(t_rows, (1, 0), value=1.0).gather(-1, kept)[:, 0])
+        open_pixels = (~done).to(dtype)
+        accumulated = accumulated + added * (transmittance * open_pixels)[..., None]
+        transmittance = transmittance * torch.where(done, 1.0, t_end)
+        if len(stops):
+            done = done.index_put((block, pixel), torch.ones((), dtype=torch.bool, device=device))
         left = left - DEPTH_CHUNK
         stay = (left > 0) & ~done.all(1)
         if r + 1 == len(rounds) or not bool(stay.all()):
