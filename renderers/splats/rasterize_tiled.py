@@ -153,7 +153,7 @@ def bin_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor,
     per_gaussian = torch.stack([m2[:, 0], m2[:, 1], qa, qb, level, det, reach_y, row0, x0, x1,
                                 (order // n).to(m2.dtype)], -1)
     source = torch.repeat_interleave(torch.arange(len(order), device=order.device), rows)
-    g = per_gaussian[source]
+    g = per_gaussian.index_select(0, source)
     by = g[:, 7] + (torch.arange(len(source), device=order.device) - (torch.cumsum(rows, 0) - rows)[source])
     lo = torch.maximum(by * BLOCK_SIZE + 0.5 - g[:, 1], -g[:, 6])
     hi = torch.minimum((by * BLOCK_SIZE + last).clamp(max=height - 0.5) - g[:, 1], g[:, 6])
@@ -207,6 +207,7 @@ def _composite_group(counts: Tensor, origin: Tensor, live: Tensor, data: Tensor)
     accumulated = torch.zeros(g, pixels, data.shape[-1] - 6, dtype=dtype, device=device)
     done, left = ~live, counts
     finished: list[tuple[Tensor, Tensor, Tensor]] = []
+    inplace = not torch.is_grad_enabled()
     for r, chunk in enumerate(rounds):
         a = len(ids)
         chunk = chunk if a == g else chunk[ids]  # [A, K, 6 + X]
@@ -218,10 +219,16 @@ def _composite_group(counts: Tensor, origin: Tensor, live: Tensor, data: Tensor)
         row_part = chunk[:, None, :, 4] * dy * dy
         s = torch.addcmul(row_part[:, :, None, :] + column_part[:, None, :, :], dy[:, :, None, :],
                           (chunk[:, None, :, 3] * dx)[:, None, :, :]).reshape(a, pixels, DEPTH_CHUNK)
-        alpha = torch.exp2(F.threshold(s, log2_alpha_min, -math.inf)).clamp(max=MAX_ALPHA)
-        keep = 1.0 - alpha
-        t_after = torch.cumprod(keep, -1)  # [A, B², K] T after each entry, relative to the round's T_in
-        weight = alpha * (t_after / keep)  # α_k T_{k-1}
+        if inplace:  # the same values, in the buffers of s, keep and t_after (no autograd to feed)
+            alpha = torch.exp2(F.threshold(s, log2_alpha_min, -math.inf, inplace=True), out=s).clamp_(max=MAX_ALPHA)
+            keep = torch.sub(1.0, alpha)
+            t_after = torch.cumprod(keep, -1)
+            weight = alpha.mul_(torch.div(t_after, keep, out=keep))
+        else:
+            alpha = torch.exp2(F.threshold(s, log2_alpha_min, -math.inf)).clamp(max=MAX_ALPHA)
+            keep = 1.0 - alpha
+            t_after = torch.cumprod(keep, -1)  # [A, B², K] T after each entry, relative to the round's T_in
+            weight = alpha * (t_after / keep)  # α_k T_{k-1}
         features = chunk[..., 6:]
         added = torch.bmm(features.transpose(1, 2), weight.transpose(1, 2)).transpose(1, 2)  # [A, B², X]
         t_end = t_after[..., -1]  # [A, B²]
@@ -287,7 +294,7 @@ def rasterize_tiled(gaussians: Gaussians, cameras: Cameras, *, with_colors: bool
     padded = [starts[group, None] + torch.arange(length, device=device) for group, length in zip(groups, lengths)]
     if padded:
         flat = torch.cat([p.reshape(-1) for p in padded]).clamp(max=max(len(pair_ids) - 1, 0))
-        data = table[pair_ids[flat]].split([p.numel() for p in padded])
+        data = table.index_select(0, pair_ids[flat]).split([p.numel() for p in padded])
     use_checkpoint = torch.is_grad_enabled() and table.requires_grad
     block_in_image = occupied % (blocks_x * blocks_y)
     col0, row0 = (block_in_image % blocks_x) * BLOCK_SIZE, (block_in_image // blocks_x) * BLOCK_SIZE
