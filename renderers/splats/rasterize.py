@@ -45,9 +45,11 @@ Steps:
        ``"ED"``: D / max(alpha, 1e-10) (expected depth); ``"RGB+D"``, ``"RGB+ED"``: both, depth last, X = D + 1.
     6. Background b (colour channels only; the depth channel's is 0): colors + (1 - alpha) b.
 
-Differences from gsplat 1.5.3 worth knowing: gsplat's kernel clamps α at 0.999, recent gsplat (and the original
-3DGS) at 0.99; we use 0.99 (``MAX_ALPHA``); the two differ only where o exp(-σ) > 0.99. Spherical-harmonics colours
-(``sh_degree``) are not supported: ``colors`` are activated features [N, D].
+Checked against gsplat 1.5.3's source (``RasterizeToPixels3DGSFwd.cu``, ``ProjectionEWA3DGSFused.cu``,
+``IntersectTile.cu``, ``rendering.py``): its kernel clamps α at 0.999 (``MAX_ALPHA``; the original 3DGS and later
+gsplat use 0.99), skips α < 1/255, stops before T <= 1e-4, and bounds the screen box by the opacity-aware extent.
+Not supported: spherical-harmonics colours (``sh_degree``; ``colors`` are activated features [N, D]),
+``rasterize_mode="antialiased"``, packed outputs, other camera models.
 
 Gradients reach means, quats, scales, opacities, colors and viewmats (``Ks`` too) by autograd in the torch and
 dense backends. ``meta["means2d"]`` is the screen-mean tensor the image was computed from, so
@@ -68,7 +70,7 @@ Backend = Literal["auto", "torch", "dense", "gsplat"]
 
 EPS2D = 0.3  # px², low-pass added to the screen covariance's diagonal (gsplat eps2d)
 ALPHA_MIN = 1.0 / 255.0  # a Gaussian with α below this is skipped at that pixel
-MAX_ALPHA = 0.99  # α is clamped here
+MAX_ALPHA = 0.999  # α is clamped here (gsplat 1.5.3's kernel)
 T_MIN = 1e-4  # compositing stops before a Gaussian that would take T to this or below
 EXTENT_SIGMA = 3.33  # the screen box's half-size in standard deviations, at most
 TILE_SIZE = 16  # px
