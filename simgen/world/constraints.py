@@ -67,6 +67,7 @@ BISECTION_STEPS = 6
 ROAD_MARGIN_M = 0.3  # in denoising, corners are kept this far inside the (rastered) road edge
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
+RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
 CIRCLES = 3  # discs per box in push_apart
 PUSH_ITERATIONS = 3
 PUSH_MARGIN_M = 0.2  # in denoising, discs are pushed this far apart
@@ -165,9 +166,15 @@ class OnRoad:
 
     def outside_boxes(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,
                       width: torch.Tensor) -> torch.Tensor:
-        """Exact largest corner distance outside the road edge (m) of world-frame boxes ``[N]``."""
+        """Largest corner distance outside the road edge (m) of world-frame boxes ``[N]``: exact wherever the sign
+        could differ (corners within ``RASTER_ERROR_M`` of the edge by the raster), the raster's elsewhere."""
         corners = box_corners(x.double(), y.double(), heading.double(), length.double() / 2, width.double() / 2)
-        return signed_distance_to_rings(corners.reshape(-1, 2), self.a, self.b).reshape(-1, 4).amax(-1)
+        corners = corners.reshape(-1, 2)
+        distance = self.raster_distance(corners).double()
+        unsure = (distance.abs() <= RASTER_ERROR_M).nonzero().flatten()  # the rest has the right sign already
+        if len(unsure):
+            distance[unsure] = signed_distance_to_rings(corners[unsure], self.a, self.b)
+        return distance.reshape(-1, 4).amax(-1)
 
 
 def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -178,3 +178,25 @@ def test_the_shipped_checkpoint_loads_and_matches_its_digest():
     model = WorldModel.load(DEFAULT_CHECKPOINT)
     assert model.sha256 == DEFAULT_CHECKPOINT.with_suffix(".sha256").read_text().split()[0]
     assert model.future == 16 and sum(p.numel() for p in model.denoiser.parameters()) > 1_000_000
+
+
+def test_on_road_check_has_the_exact_sign(scene):
+    """``outside_boxes`` takes the raster's value only where it cannot have the wrong sign."""
+    from simgen.metrics.features import signed_distance_to_rings
+    from simgen.world.constraints import box_corners
+
+    roadmap, log = scene
+    on_road = OnRoad(roadmap)
+    g = torch.Generator().manual_seed(0)
+    a, _ = roadmap.road_edge_segments
+    centre = a[torch.randint(len(a), (3000,), generator=g)].double()
+    centre = centre + 2 * torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    heading = torch.rand(3000, generator=g, dtype=torch.float64) * 6.3
+    length = 0.5 + 4 * torch.rand(3000, generator=g, dtype=torch.float64)
+    width = length / 2.4
+    fast = on_road.outside_boxes(centre[:, 0], centre[:, 1], heading, length, width)
+    corners = box_corners(centre[:, 0], centre[:, 1], heading, length / 2, width / 2).reshape(-1, 2)
+    exact = signed_distance_to_rings(corners, on_road.a, on_road.b).reshape(-1, 4).amax(-1)
+    assert ((fast > 0) == (exact > 0)).all()
+    assert 0.2 < (exact > 0).float().mean() < 0.8  # boxes on both sides of the edge were tested
+    assert (exact.abs() < 0.75).float().mean() > 0.1  # many of them where the raster alone could be wrong
