@@ -132,5 +132,9 @@ def rasterize_dense(gaussians: Gaussians, cameras: Cameras, *, with_colors: bool
             transmittance = torch.where(add, next_t, transmittance)
         images.append(image.reshape(height, width, -1))
         alphas.append((1.0 - transmittance).reshape(height, width, 1))
+    images, alphas = torch.stack(images), torch.stack(alphas)
+    if not images.requires_grad and proj["means2d"].requires_grad:  # nothing in view: keep them in the graph
+        zero = 0 * proj["means2d"].sum()
+        images, alphas = images + zero, alphas + zero
     meta = {key: proj[key] for key in ("means2d", "depths", "conics", "radii")}
-    return torch.stack(images), torch.stack(alphas), meta
+    return images, alphas, meta

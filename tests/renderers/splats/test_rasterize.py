@@ -165,10 +165,13 @@ def test_background_fills_what_the_gaussians_leave():
 def test_gaussians_behind_the_camera_or_before_near_contribute_nothing():
     gaussians = isotropic([[0.0, 0.0, -3.0], [0.0, 0.0, 0.005], [0.5, 0.0, -0.5]], [0.5] * 3, [0.9] * 3,
                           [[1.0, 1.0, 1.0]] * 3)
+    gaussians.means.requires_grad_(True)
     for backend in ("torch", "dense"):
         image, alpha, meta = render(gaussians, one_camera(), "RGB+D", backend=backend)
         assert (image == 0).all() and (alpha == 0).all()
         assert (meta["radii"] == 0).all()
+        (image.sum() + alpha.sum()).backward()  # still a graph: a camera that sees nothing can be trained on
+        assert (gaussians.means.grad == 0).all()
     # the same Gaussian in front is seen; a far plane in front of it hides it again
     front = isotropic([[0.0, 0.0, 3.0]], [0.5], [0.9], [[1.0, 1.0, 1.0]])
     assert render(front, one_camera())[1].max() > 0.8
