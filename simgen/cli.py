@@ -35,11 +35,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from simgen.metrics.evaluate import EvalError
     from simgen.renderers.render import RenderError
     from simgen.renderers.rig import RigError
+    from simgen.renderers.splats.dataset import LogError
+    from simgen.renderers.splats.model import SceneFormatError
     from simgen.scenario import ScenarioError
     from simgen.world.sampler import CheckpointError
 
-    return (ScenarioError, MapError, FormatError, EvalError, RenderError, RigError, CheckpointError,
-            FileNotFoundError, FileExistsError)
+    return (ScenarioError, MapError, FormatError, EvalError, RenderError, RigError, CheckpointError, LogError,
+            SceneFormatError, FileNotFoundError, FileExistsError)
 
 
 def user_errors(fn):
@@ -259,6 +261,10 @@ def render(
     workers: int = typer.Option(1, help="parallel processes, one frame at a time each"),
     rig: str = typer.Option("default", help="sensor rig: a bundled name or a rig YAML (see scenarios/README.md)"),
     seed: int = typer.Option(0, help="seeds lidar ray drop and noise and rain streaks"),
+    backend: str = typer.Option("raytrace", help="raytrace (the 3D street) | splats (a `simgen reconstruct` scene)"),
+    scene: Optional[Path] = typer.Option(None, help="splats: the `simgen reconstruct` output folder"),
+    shift_lateral: float = typer.Option(0.0, help="splats: move the sensors this far to the AV's left (m; "
+                                                  "negative: right), a novel lane"),
 ):
     """Render lidar range images and point clouds and surround-camera images for a rollout.
 
@@ -271,15 +277,94 @@ def render(
       simgen render outputs/grid --out outputs/grid-sensors --frames 0:50 --workers 2
 
       simgen render outputs/grid --out outputs/grid-night --weather rain --time-of-day 22:00 --sensors cameras
-    """
-    from simgen.renderers.render import RenderOptions, render_rollout
 
-    options = RenderOptions(sensors=tuple(s.strip() for s in sensors.split(",") if s.strip()), weather=weather,
+    Through a reconstruction (actors moved to the rollout's boxes, new agents from its actor library), from a
+    lane 3 m to the left, or from a dashcam:
+
+      simgen render outputs/city --backend splats --scene outputs/city-recon --out outputs/city-splats
+
+      simgen render outputs/city --backend splats --scene outputs/city-recon --shift-lateral 3 --out shifted
+
+      simgen render outputs/city --backend splats --scene outputs/city-recon --rig dashcam --out dashcam
+    """
+    from simgen.renderers.render import RenderError, RenderOptions, render_rollout
+
+    sensor_names = tuple(s.strip() for s in sensors.split(",") if s.strip())
+    if backend == "splats":
+        from simgen.renderers.splats.replay import SplatRenderOptions, render_rollout_splats
+
+        if scene is None:
+            raise RenderError("--backend splats needs --scene DIR (a `simgen reconstruct` output)")
+        if weather != "clear" or time_of_day != "12:00":
+            raise RenderError("--weather and --time-of-day apply to --backend raytrace only; a splat scene keeps "
+                              "the light it was recorded in")
+        summary = render_rollout_splats(rollout_dir, out, SplatRenderOptions(
+            scene=str(scene), sensors=sensor_names, frames=frames, rig=rig, shift_lateral_m=shift_lateral),
+            progress=True)
+        Console().print(f"{summary['num_frames']} frames -> {out} ({summary['timings']['frames_per_s']:.2f} "
+                        f"frames/s, splats)")
+        return
+    if backend != "raytrace" or scene is not None or shift_lateral:
+        raise RenderError(f"--backend {backend}: choose raytrace or splats (--scene and --shift-lateral need "
+                          "splats)")
+
+    options = RenderOptions(sensors=sensor_names, weather=weather,
                             time_of_day=time_of_day, frames=frames, workers=workers, rig=rig, seed=seed)
     summary = render_rollout(rollout_dir, out, options, progress=True)
     timings = summary["timings"]
     Console().print(f"{summary['num_frames']} frames -> {out} ({timings['frames_per_s']:.2f} frames/s, "
                     f"{summary['workers']} workers)")
+
+
+@app.command()
+@user_errors
+def reconstruct(
+    log_dir: Path = typer.Argument(..., help="a `simgen render` output or a log in the plain layout (docs/FORMATS.md)"),
+    out: Path = typer.Option(..., help="output folder: gaussians.npz, scene.json, scene.ply, summary.json, "
+                                       "comparisons/, checkpoint.pt"),
+    iterations: int = typer.Option(1500, help="optimizer steps in all (a resumed run continues to this count)"),
+    resolution: str = typer.Option("160x106", help="WxH the images are resampled to, or 'native'"),
+    holdout_camera: Optional[str] = typer.Option(None, help="also hold out every frame of this camera "
+                                                            "(extrapolation figures, no target)"),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
+    seed: int = typer.Option(0, help="seeds initialization, view order and densification"),
+    threads: int = typer.Option(1, help="torch CPU threads"),
+):
+    """Fit static and per-actor Gaussians (4D splat scene) to a multi-view camera + lidar log.
+
+    Holds out every 8th frame on all cameras and reports PSNR, SSIM and lidar depth error on them in
+    summary.json, with the protocol; comparisons/ shows render | truth | error for a few held-out views.
+
+    Examples:
+
+      simgen render outputs/city --out outputs/city-sensors --frames 10:30
+
+      simgen reconstruct outputs/city-sensors --out outputs/city-recon --iterations 1500
+
+      simgen reconstruct outputs/city-sensors --out outputs/city-recon --holdout-camera side_left --resume
+
+      simgen render outputs/city --backend splats --scene outputs/city-recon --out outputs/city-splats
+    """
+    from simgen.renderers.splats.dataset import LogError
+    from simgen.renderers.splats.reconstruct import ReconstructConfig, reconstruct as run
+
+    size = None
+    if resolution != "native":
+        try:
+            width, height = (int(v) for v in resolution.lower().split("x"))
+        except ValueError:
+            raise LogError(f"--resolution {resolution}: expected WxH in px (e.g. 160x106) or 'native'") from None
+        size = (width, height)
+    config = ReconstructConfig(iterations=iterations, resolution=size, holdout_camera=holdout_camera, seed=seed,
+                               threads=threads)
+    summary = run(log_dir, out, config, resume=resume, progress=True)
+    table = Table(title=f"reconstruct -> {out}", show_header=False)
+    for key in ("psnr_heldout", "ssim_heldout", "depth_abs_rel_heldout", "depth_l1_m_heldout", "num_gaussians",
+                "iterations_per_s", "wall_time_s"):
+        table.add_row(key, f"{summary[key]:.4g}")
+    if summary["heldout_camera"]:
+        table.add_row(f"psnr camera {holdout_camera}", f"{summary['heldout_camera']['psnr']:.4g}")
+    Console().print(table)
 
 
 train_app = typer.Typer(help="Train the world model: record a corpus, train, export a checkpoint.",

@@ -1,6 +1,6 @@
 """``simgen reconstruct``: fit a splat scene (``model.SplatScene``) to a multi-view camera + lidar log.
 
-    reconstruct("outputs/city-sensors", "outputs/city-recon", ReconstructConfig(iterations=3000))
+    reconstruct("outputs/city-sensors", "outputs/city-recon", ReconstructConfig(iterations=1500))
 
 Notation:
 
@@ -84,14 +84,14 @@ PRUNE_SCALE_MIN_M = 5.0
 
 @dataclass(frozen=True)
 class ReconstructConfig:
-    iterations: int = 3000
+    iterations: int = 1500
     resolution: tuple[int, int] | None = (160, 106)  # W, H the images are resampled to; None: as stored
     holdout_every: int = 8
     holdout_camera: str | None = None
-    views_per_step: int = 2
+    views_per_step: int = 1
     seed: int = 0
     # initialization
-    voxel_m: float = 0.05  # the smallest voxel; voxels grow with distance to about VOXEL_PX pixels
+    voxel_m: float = 0.1  # the smallest voxel; voxels grow with distance to about VOXEL_PX pixels
     max_init: int = 60_000
     far_points: int = 4000
     ray_points: int = 10_000
@@ -115,7 +115,7 @@ class ReconstructConfig:
     grow_scale: float = 0.01
     prune_opacity: float = 0.005
     prune_scale: float = 1.0  # times the scene scale, at least PRUNE_SCALE_MIN_M
-    max_gaussians: int = 150_000
+    max_gaussians: int = 100_000
     # bookkeeping
     checkpoint_every: int = 500
     log_every: int = 10

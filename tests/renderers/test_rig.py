@@ -46,5 +46,5 @@ def test_bad_rig_names_file_key_and_fix(tmp_path, edit, key, fix):
 
 
 def test_unknown_rig_name_lists_bundled():
-    with pytest.raises(RigError, match="bundled rigs: default"):
+    with pytest.raises(RigError, match=r"bundled rigs: dashcam, default"):
         load_rig("nonesuch")

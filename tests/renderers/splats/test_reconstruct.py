@@ -221,3 +221,80 @@ def test_empty_point_cloud_names_file(tiny_log, tmp_path):
 def test_not_a_log_folder(tmp_path):
     with pytest.raises(LogError, match="no frames/ folder"):
         load_log(tmp_path)
+
+
+# --- replaying a rollout through the fitted scene ---------------------------------------------------------------
+
+RIG = """
+name: tiny
+lidars:
+  - {name: top, beams: 8, inclinations_deg: [2, 0, -2, -4, -6, -8, -10, -12], columns: 360, max_range_m: 30,
+     mount: {x_m: 0, y_m: 0, z_m: 1.0}}
+cameras:
+  - {name: front, width: 48, height: 32, fx: 36, fy: 36, cx: 24, cy: 16,
+     mount: {x_m: 0, y_m: 0, z_m: 3.0, pitch_deg: 20}}
+"""
+
+
+def test_replay_moves_reconstructed_actors_and_casts_new_agents_from_the_library(fitted, small_grid, tmp_path):
+    from dataclasses import replace
+
+    from simgen import io
+    from simgen.renderers.splats.replay import SplatRenderOptions, render_rollout_splats
+    from simgen.types import AgentType, Rollout
+    from tests.renderers.conftest import make_scene
+
+    out, _ = fitted
+    # the AV 7 m south of the road's centre facing north (+y), as the cameras were; the reconstructed car (id 42)
+    # 7 m ahead of it, and a new car (id 500, never reconstructed) 3 m further to the right
+    others = ((7.0, 0.0, *CAR_SIZE, AgentType.VEHICLE), (10.0, -3.0, 1.7, 0.9, 0.8, AgentType.VEHICLE))
+    state = make_scene(small_grid, others=others, steps=2, av=(np.array([0.0, -7.0]), math.pi / 2))
+    state = replace(state, meta=replace(state.meta, object_id=torch.tensor([100, 42, 500])))
+    run = tmp_path / "rollout"
+    run.mkdir()
+    io.save_rollout_arrays(Rollout(state, torch.zeros(0, dtype=torch.int32), 1), run / "rollout.npz")
+    io.save_map(small_grid, run / "map.npz")
+    (run / "summary.json").write_text("{}")
+    (tmp_path / "tiny.yaml").write_text(RIG)
+    sensors = ("cameras", "lidar") if _has_lidar() else ("cameras",)
+    summary = render_rollout_splats(run, tmp_path / "splats", SplatRenderOptions(
+        scene=str(out), sensors=sensors, frames="0:1", rig=str(tmp_path / "tiny.yaml")))
+    kinds = {a["object_id"]: a["kind"] for a in summary["cast"]["agents"]}
+    assert kinds == {42: "same", 500: "library"} and summary["cast"]["removed"] == 0
+    frame = tmp_path / "splats" / "frames" / "00000"
+    for name in ("camera_front.png", "cameras.npz", "actors.npz", "contact_sheet.png"):
+        assert (frame / name).is_file(), name
+    cams = np.load(frame / "cameras.npz")
+    assert cams["front/depth_m"].shape == (32, 48) and cams["front/world_from_camera"].shape == (4, 4)
+    from PIL import Image
+
+    image = torch.from_numpy(np.array(Image.open(frame / "camera_front.png"))).float() / 255
+    red = _red(image)
+    cols = torch.nonzero(red)[:, 1].float()
+    # two red cars: the reconstructed one in the middle, the library one to its right
+    assert red.sum() >= 20 and float(cols.min()) < 26 and float(cols.max()) > 30
+    if _has_lidar():
+        lidar = np.load(frame / "lidar_top.npz")
+        assert lidar["range_image"].shape == (8, 360, 4) and len(lidar["xyz"]) > 0
+
+
+def _has_lidar() -> bool:
+    try:
+        import simgen.renderers.splats.lidar  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_cli_bad_input_exits_2_with_one_message(tmp_path):
+    import subprocess
+    import sys
+
+    def simgen(*args):
+        return subprocess.run([sys.executable, "-c", "from simgen.cli import app; app()", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    result = simgen("reconstruct", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "no frames/ folder" in result.stderr and "Traceback" not in result.stderr
+    result = simgen("render", str(tmp_path), "--out", str(tmp_path / "out"), "--backend", "splats")
+    assert result.returncode == 2 and "--scene" in result.stderr and "Traceback" not in result.stderr
