@@ -19,12 +19,17 @@ In one process, for each ``--threads`` value (best and median of ``--repeat``):
 and gsplat's ``rasterization`` on the same scene when CUDA and gsplat are available.
 
     .venv/bin/python bench/bench_splats.py [--threads 1,2] [--gaussians 100000] [--repeat 5]
+
+On a machine whose cores are shared with other busy processes, run it with ``OMP_WAIT_POLICY=PASSIVE``: with the
+default policy torch's OpenMP threads spin while waiting for a descheduled sibling, and 2 threads on 2 busy
+cores ran 4-6x slower than 1 thread (with PASSIVE: about the same as 1 thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
@@ -146,7 +151,9 @@ def main() -> None:
           f"{q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f} m, opacity mean {street.opacities.mean():.2f}; "
           f"{args.width} x {args.height}: {meta['n_pairs']:,} (8 px block, Gaussian) pairs, "
           f"{(alpha > 0.5).float().mean():.0%} of pixels with alpha > 0.5")
-    print(f"twin scene: {args.twin_gaussians:,} of them at 120 x 80")
+    print(f"twin scene: {args.twin_gaussians:,} of them at 120 x 80; machine: {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at start (other processes share the cores: wall times include waiting), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"{'threads':>7s}  {'what':34s}{'best ms':>10s}{'median ms':>11s}{'FPS (best)':>12s}")
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)

@@ -7,8 +7,9 @@ Backends (``backend=``):
 
 | name | what | use |
 |---|---|---|
-| ``"torch"`` | ``rasterize_tiled.rasterize_tiled``: EWA projection, 16 x 16 tile binning, per-tile depth sort, \
-front-to-back compositing in depth chunks with early stop; differentiable by autograd | CPU training and rendering |
+| ``"torch"`` | ``rasterize_tiled.rasterize_tiled``: EWA projection, binning into 8 px blocks (within gsplat's \
+16 px tile support), per-block depth order, front-to-back compositing in depth chunks with early stop; \
+differentiable by autograd | CPU training and rendering |
 | ``"dense"`` | ``rasterize_reference.rasterize_dense``: every pixel against every Gaussian, one at a time in depth \
 order; slow and obvious | test oracle (the slow twin) |
 | ``"gsplat"`` | ``gsplat.rasterization`` with the same arguments | CUDA |
@@ -52,8 +53,9 @@ Not supported: spherical-harmonics colours (``sh_degree``; ``colors`` are activa
 ``rasterize_mode="antialiased"``, packed outputs, other camera models.
 
 Gradients reach means, quats, scales, opacities, colors and viewmats (``Ks`` too) by autograd in the torch and
-dense backends. ``meta["means2d"]`` is the screen-mean tensor the image was computed from, so
-``meta["means2d"].retain_grad()`` before ``backward()`` gives the screen-space gradients densification uses.
+dense backends; gsplat's own backward gives the first five (and viewmats) on CUDA. ``meta["means2d"]`` is the
+screen-mean tensor the image was computed from, so ``meta["means2d"].retain_grad()`` before ``backward()`` gives
+the screen-space gradients densification uses.
 """
 
 from __future__ import annotations
