@@ -61,6 +61,7 @@ the screen-space gradients densification uses.
 from __future__ import annotations
 
 import importlib
+import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -141,8 +142,9 @@ class Cameras:
                "Cameras.Ks and Cameras.viewmats must share dtype and device")
         for name in ("width", "height"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            _check(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0,
                    f"Cameras.{name} must be a positive int (px); got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers become plain ints
 
     @property
     def num_cameras(self) -> int:
