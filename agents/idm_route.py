@@ -426,13 +426,13 @@ class IDMRoute(IDMDriver):
         return [int(v) for v in self.ctx.route_lanes.tolist()]
 
     def plan(self, scene: SceneState, state: IDMState, horizon: int) -> Plan:
-        """The next ``horizon`` poses if everyone else kept their current state: IDM rolled forward against the
-        scene as it is now. Its first pose is exactly the next ``act``."""
-        poses = []
-        for _ in range(horizon):
-            s, v, lat = self._advance(scene, state)
-            state = replace(state, s=s, v=v, lat=lat)
-            poses.append(state.pose())
-        pos = torch.stack([p for p, _ in poses], 1)[0].float()  # [K, 2]; the AV is the only row
-        heading = torch.stack([h for _, h in poses], 1)[0].float()
-        return Plan(x=pos[:, 0], y=pos[:, 1], heading=heading)
+        """The next ``horizon`` poses: the next ``act`` exactly (one IDM step), then that speed held along the
+        route while the lateral offset keeps decaying."""
+        s, v, lat = self._advance(scene, state)
+        k = torch.arange(horizon, dtype=torch.float64)
+        arc = s[:, None] + v[:, None] * DT_S * k  # [1, K]; the AV is the only row
+        pos, heading = state.paths.pose_at(arc)
+        offset = lat[:, None] * torch.exp(-DT_S * k)  # the 1 s time constant of ``_advance``
+        normal = torch.stack([-torch.sin(heading), torch.cos(heading)], -1)
+        pos = pos + offset[..., None] * normal
+        return Plan(x=pos[0, :, 0].float(), y=pos[0, :, 1].float(), heading=heading[0].float())

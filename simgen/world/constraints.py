@@ -142,10 +142,10 @@ class OnRoad:
         return signed_distance_to_rings(corners, self.a, self.b).reshape(*x0.shape[:3], 4).amax(-1)
 
     def project(self, x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor, lane_local: torch.Tensor,
-                lane_valid: torch.Tensor) -> torch.Tensor:
-        """Move offroad vehicle tokens toward lanes. ``lane_local [B, N, 4]``: driving-lane points (AV frame,
-        m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``."""
-        vehicle = is_vehicle(x0)
+                lane_valid: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+        """Move offroad vehicle tokens of ``movable [B, A]`` rows toward lanes. ``lane_local [B, N, 4]``:
+        driving-lane points (AV frame, m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``."""
+        vehicle = is_vehicle(x0) & movable[..., None]
         off = (self.outside(x0, pose, anchor) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
             return x0

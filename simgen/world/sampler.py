@@ -372,7 +372,7 @@ class WorldSampler:
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid)
+            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable)
         if self.options.no_overlap:
             x0 = C.push_apart(x0, anchor, movable)
         if given is not None:
@@ -488,8 +488,10 @@ class WorldSampler:
             valid[f.rows] = f.valid[:, t + 1]
             controlled[f.rows] = True
         if self.on_road is not None:  # executed-frame check: a vehicle still off the road holds its pose or leaves
-            stuck = valid & (agent_type == AgentType.VEHICLE) & (self.on_road.outside_boxes(x, y, heading, length,
-                                                                                           width) > 0)
+            stuck = valid & (agent_type == AgentType.VEHICLE)
+            rows_on = stuck.nonzero().flatten()
+            stuck[rows_on] = self.on_road.outside_boxes(x[rows_on], y[rows_on], heading[rows_on], length[rows_on],
+                                                        width[rows_on]) > 0
             if self.fixed is not None:
                 stuck[self.fixed.rows] = False
             hold = stuck & traj.valid[:, t]
@@ -589,7 +591,7 @@ class WorldSampler:
             l0, leps = predict_clean(lights, v_lights, level)
             x0 = C.keep_valid(C.soft_clip(x0), is_av)
             if self.on_road is not None:
-                x0 = self.on_road.project(x0, pose, unanchored, lanes, lane_valid)
+                x0 = self.on_road.project(x0, pose, unanchored, lanes, lane_valid, ~is_av)
             x0[:, 0, H - 1, X:COS + 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the AV is at ``pose`` now
             agents, lights = ddim_step(x0, eps, nxt), ddim_step(l0, leps, nxt)
         decoded = decode_agents(agents[0, :, :H], pose[0], unanchored[0])  # [A, H] context frames
