@@ -20,8 +20,9 @@ Steps:
     4. Write ``frames/NNNNN/`` (camera PNGs, ``cameras.npz``, ``lidar_<name>.npz``, ``actors.npz``,
        ``contact_sheet.png``), ``sensors.mp4`` and ``summary.json``.
 
-Splat renders carry no labels: ``semantic`` and ``instance`` are 0 everywhere; lidar intensity and elongation
-are 0. ``depth_m`` is the expected depth where the splats' alpha exceeds 0.5, else 0 (sky).
+Splat renders carry no labels: ``semantic`` and ``instance`` are 0 everywhere; lidar intensity is the splats'
+grey level (``render_lidar``; not a reflectance) and elongation 0. ``depth_m`` is the expected depth where the
+splats' alpha exceeds 0.5, else 0 (sky).
 Novel viewpoints: ``shift_lateral_m`` and any rig, e.g. the bundled ``dashcam`` rig (one camera behind the
 windscreen).
 """
@@ -152,7 +153,8 @@ def render_camera(gaussians, sky: torch.Tensor, spec: CameraSpec, world_from_cam
 
 @torch.no_grad()
 def render_lidar_sweep(gaussians, spec, world_from_lidar: np.ndarray) -> LidarSweep:
-    """One lidar sweep from the splats (``lidar.render_lidar``) in the ``LidarSweep`` layout, without labels."""
+    """One lidar sweep from the splats (``lidar.render_lidar``) in the ``LidarSweep`` layout, without labels;
+    returns below the lidar's ``min_range_m`` are dropped."""
     from simgen.renderers.splats.lidar import render_lidar
 
     image = render_lidar(gaussians, torch.from_numpy(world_from_lidar).float(),
@@ -163,9 +165,8 @@ def render_lidar_sweep(gaussians, spec, world_from_lidar: np.ndarray) -> LidarSw
     image[~valid] = (-1.0, -1.0, -1.0, 0.0)
     rows, cols = np.nonzero(valid)
     xyz = (spec.directions()[rows, cols] * image[rows, cols, 0:1]).astype(np.float32)
-    zeros = np.zeros(len(rows), np.float32)
-    return LidarSweep(range_image=image, world_from_lidar=world_from_lidar, xyz=xyz, intensity=zeros,
-                      elongation=zeros.copy(), semantic=np.zeros(len(rows), np.uint8),
+    return LidarSweep(range_image=image, world_from_lidar=world_from_lidar, xyz=xyz, intensity=image[rows, cols, 1],
+                      elongation=image[rows, cols, 2], semantic=np.zeros(len(rows), np.uint8),
                       instance=np.zeros(len(rows), np.int32), row=rows.astype(np.int16), col=cols.astype(np.int16))
 
 

@@ -276,6 +276,9 @@ def test_replay_moves_reconstructed_actors_and_casts_new_agents_from_the_library
     if _has_lidar():
         lidar = np.load(frame / "lidar_top.npz")
         assert lidar["range_image"].shape == (8, 360, 4) and len(lidar["xyz"]) > 0
+        # the output is a `simgen render` layout: the log reader takes it (it could be reconstructed again)
+        log = load_log(tmp_path / "splats")
+        assert log.layout == "simgen" and log.camera_names == ("front",) and log.actor_ids == (42, 500)
 
 
 def _has_lidar() -> bool:
