@@ -61,7 +61,7 @@ def step(state: SceneState, actions: Sequence[Action]) -> SceneState:
         new_fields[name] = field
     new_valid = traj.valid.clone()
     new_valid[:, t] = valid
-    spawned = valid & (meta.object_id < 0)
+    spawned = valid & ~traj.valid[:, :t].any(-1)  # a row's first step: its occupant is whoever the action says
     new_meta = AgentMeta(
         object_id=torch.where(spawned, act.object_id, meta.object_id),
         agent_type=torch.where(spawned, act.agent_type, meta.agent_type),

@@ -248,7 +248,8 @@ class WorldSampler:
         if fixed is not None:
             return fixed
         occupied = (context.agents[..., VALID] > 0).any(-1).any(0)  # [A]
-        unused = (torch.stack([s.meta.object_id for s in scenes]) < 0).all(0)  # rows are never reused
+        t = scenes[0].step  # rows are never reused: spawn only into rows no agent has used yet
+        unused = ~torch.stack([s.traj.valid[:, :t + 1].any(-1) for s in scenes]).any(0)
         free = (unused & ~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
         return torch.cat([occupied.nonzero().flatten(), free]).sort().values
 

@@ -18,6 +18,10 @@ are not supervised.
 Loss (SceneDiffuser++): the validity channel is supervised at every
 non-given token of a real slot; the other agent channels only where the
 agent is valid; light states where the slot's state is known. MSE on v.
+The validity channel's MSE is added again with weight ``VALIDITY_WEIGHT``: an
+existing agent's validity must follow its context (agents rarely leave within
+1.6 s), not the noisy sample, or sampling drops agents whose initial noise
+points the other way.
 
     simgen train world --corpus data/world-corpus --out runs/world --steps 20000
 """
@@ -44,6 +48,7 @@ AV_GIVEN_P = 0.25
 LIGHTS_GIVEN_P = 0.2
 AGENT_GIVEN_P = 0.2  # in the initialize task
 DEFAULT_FUTURE = 16  # W: future frames in the window (1.6 s)
+VALIDITY_WEIGHT = 3.0  # extra weight of the validity channel's v-MSE (module docstring)
 
 
 def frame_offsets(future: int) -> torch.Tensor:
@@ -124,7 +129,8 @@ def loss_terms(denoiser: Denoiser, batch: dict[str, torch.Tensor],
     validity = (err[..., VALID] * mask[..., VALID]).sum() / mask[..., VALID].sum().clamp_min(1)
     light_mask = tgt["light_loss"][..., None].expand_as(light_v)
     light_loss = ((light_v - tgt["lights"]).square() * light_mask).sum() / light_mask.sum().clamp_min(1)
-    return {"loss": agent_loss + 0.5 * light_loss, "agents": agent_loss, "validity": validity, "lights": light_loss}
+    return {"loss": agent_loss + VALIDITY_WEIGHT * validity + 0.5 * light_loss, "agents": agent_loss,
+            "validity": validity, "lights": light_loss}
 
 
 def lr_factor(step: int, total_steps: int, warmup: float = 0.02) -> float:
