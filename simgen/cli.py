@@ -329,6 +329,7 @@ def reconstruct(
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
     seed: int = typer.Option(0, help="seeds initialization, view order and densification"),
     threads: int = typer.Option(1, help="torch CPU threads"),
+    device: str = typer.Option("cpu", help="cpu | cuda (on CUDA the rasterizer is gsplat)"),
 ):
     """Fit static and per-actor Gaussians (4D splat scene) to a multi-view camera + lidar log.
 
@@ -356,12 +357,13 @@ def reconstruct(
             raise LogError(f"--resolution {resolution}: expected WxH in px (e.g. 160x106) or 'native'") from None
         size = (width, height)
     config = ReconstructConfig(iterations=iterations, resolution=size, holdout_camera=holdout_camera, seed=seed,
-                               threads=threads)
+                               threads=threads, device=device)
     summary = run(log_dir, out, config, resume=resume, progress=True)
     table = Table(title=f"reconstruct -> {out}", show_header=False)
     for key in ("psnr_heldout", "ssim_heldout", "depth_abs_rel_heldout", "depth_l1_m_heldout", "num_gaussians",
                 "iterations_per_s", "wall_time_s"):
-        table.add_row(key, f"{summary[key]:.4g}")
+        value = summary[key]
+        table.add_row(key, str(value) if isinstance(value, int) else f"{value:.4g}")
     if summary["heldout_camera"]:
         table.add_row(f"psnr camera {holdout_camera}", f"{summary['heldout_camera']['psnr']:.4g}")
     Console().print(table)

@@ -183,6 +183,8 @@ def frame_gaussians(params: SplatParams, boxes: torch.Tensor, present: torch.Ten
     ``boxes`` [K, 7] and ``present`` [K] bool follow the actor order of ``params.owner``. Differentiable in the
     raw parameters (and in ``boxes``)."""
     g = params.gaussians()
+    device = params.means.device
+    boxes, present = boxes.to(device), present.to(device)
     owner = params.owner
     keep = owner < 0
     if boxes.shape[0]:
@@ -190,10 +192,11 @@ def frame_gaussians(params: SplatParams, boxes: torch.Tensor, present: torch.Ten
     index = torch.nonzero(keep).squeeze(1)
     owner = owner[index]
     rotation, translation, quat = box_poses(boxes.float()) if boxes.shape[0] else (None, None, None)
-    eye = torch.eye(3).expand(1, 3, 3)
+    eye = torch.eye(3, device=device).expand(1, 3, 3)
     rotation = torch.cat([eye, rotation]) if rotation is not None else eye
-    translation = torch.cat([torch.zeros(1, 3), translation]) if translation is not None else torch.zeros(1, 3)
-    identity = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    origin = torch.zeros(1, 3, device=device)
+    translation = torch.cat([origin, translation]) if translation is not None else origin
+    identity = torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=device)
     quat = torch.cat([identity, quat]) if quat is not None else identity
     slot = owner + 1  # 0 = background (identity)
     means = torch.einsum("nij,nj->ni", rotation[slot], g.means[index]) + translation[slot]
@@ -207,6 +210,7 @@ def resize_actor(params: SplatParams, actor: int, ratio: torch.Tensor) -> SplatP
     per axis, standard deviations by the geometric mean of the ratios (exact for isotropic stretches)."""
     mask = params.owner == actor
     means, scales = params.means.clone(), params.scales.clone()
+    ratio = ratio.to(means.device)
     means[mask] = means[mask] * ratio
     scales[mask] = scales[mask] + torch.log(ratio).mean()
     return replace(params, means=means, scales=scales)

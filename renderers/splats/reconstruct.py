@@ -121,6 +121,7 @@ class ReconstructConfig:
     log_every: int = 10
     comparisons: int = 4
     threads: int = 1
+    device: str = "cpu"  # "cuda": parameters and renders on the GPU (render's "auto" backend then uses gsplat)
 
 
 # --- views ------------------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def depth_maps(log: LogData) -> torch.Tensor:
 
 
 def ray_directions(log: LogData, frame: int, cameras: list[int]) -> torch.Tensor:
-    """``[C, H, W, 3]`` world-frame unit directions through the pixel centres."""
+    """``[C, H, W, 3]`` world-frame unit directions through the pixel centres (CPU)."""
     v, u = torch.meshgrid(torch.arange(log.height) + 0.5, torch.arange(log.width) + 0.5, indexing="ij")
     pix = torch.stack([u, v, torch.ones_like(u)], -1).double()
     out = []
@@ -161,11 +162,12 @@ def render_views(params: SplatParams, sky: torch.Tensor, log: LogData, boxes: to
                  frame: int, cameras: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, Any]:
     """Render ``cameras`` of ``frame`` with the actors posed by ``boxes`` [K, 7] / ``present`` [K]: RGB over the
     sky [C, H, W, 3], expected depth [C, H, W], alpha [C, H, W], the rasterizer's meta, and the posed Gaussians."""
+    device = params.means.device
     gaussians = frame_gaussians(params, boxes, present)
-    cams = Cameras(viewmats=log.viewmats(frame, cameras), Ks=log.intrinsics[frame, cameras].float(),
-                   width=log.width, height=log.height)
+    cams = Cameras(viewmats=log.viewmats(frame, cameras).to(device),
+                   Ks=log.intrinsics[frame, cameras].float().to(device), width=log.width, height=log.height)
     image, alphas, meta = render(gaussians, cams, mode="RGB+ED", backend="auto", near=NEAR_M)
-    rgb = image[..., :3] + (1.0 - alphas) * sky_colors(sky, ray_directions(log, frame, cameras))
+    rgb = image[..., :3] + (1.0 - alphas) * sky_colors(sky, ray_directions(log, frame, cameras).to(device))
     return rgb, image[..., 3], alphas[..., 0], meta, gaussians
 
 
@@ -343,9 +345,10 @@ class _Trainer:
 
     def __init__(self, scene: SplatScene, scene_scale: float, config: ReconstructConfig):
         self.config, self.scene_scale = config, scene_scale
-        self.owner = scene.params.owner.clone()
-        self.params = {k: torch.nn.Parameter(v.clone()) for k, v in scene.params.raw().items()}
-        self.sky = torch.nn.Parameter(scene.sky.clone())
+        self.device = torch.device(config.device)
+        self.owner = scene.params.owner.to(self.device)
+        self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in scene.params.raw().items()}
+        self.sky = torch.nn.Parameter(scene.sky.to(self.device))
         lrs = {"means": config.lr_means * scene_scale, "quats": config.lr_quats, "scales": config.lr_scales,
                "opacities": config.lr_opacities, "sh0": config.lr_sh0}
         self.base_lr = lrs
@@ -355,7 +358,7 @@ class _Trainer:
 
     def reset_stats(self) -> None:
         n = self.owner.shape[0]
-        self.grad2d, self.seen = torch.zeros(n), torch.zeros(n)
+        self.grad2d, self.seen = torch.zeros(n, device=self.device), torch.zeros(n, device=self.device)
 
     def splats(self) -> SplatParams:
         return SplatParams(**self.params, owner=self.owner)
@@ -424,12 +427,12 @@ class _Trainer:
                 q = torch.nn.functional.normalize(p["quats"][split], dim=-1)
                 rot = quat_to_matrix(q)
                 for _ in range(2):
-                    offset = torch.randn(len(split), 3, generator=generator) * scales
+                    offset = torch.randn(len(split), 3, generator=generator).to(self.device) * scales
                     new["means"].append(p["means"][split] + torch.einsum("nij,nj->ni", rot, offset))
                     new["scales"].append(torch.log(scales / 1.6))
                     for k in ("quats", "opacities", "sh0"):
                         new[k].append(p[k][split])
-            keep = torch.ones(n, dtype=torch.bool)
+            keep = torch.ones(n, dtype=torch.bool, device=self.device)
             keep[split] = False  # split parents are replaced by their two children
             added = {k: torch.cat(v) for k, v in new.items()}
             self._edit(keep, added, torch.cat(owners))
@@ -448,15 +451,15 @@ class _Trainer:
                 "generator": generator.get_state(), "config": asdict(self.config), "scene_scale": self.scene_scale}
 
     def load(self, state: dict, generator: torch.Generator) -> int:
-        self.owner = state["owner"]
-        self.params = {k: torch.nn.Parameter(v) for k, v in state["params"].items()}
-        self.sky = torch.nn.Parameter(state["sky"])
+        self.owner = state["owner"].to(self.device)
+        self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in state["params"].items()}
+        self.sky = torch.nn.Parameter(state["sky"].to(self.device))
         self.optimizers = {k: torch.optim.Adam([p], lr=self.base_lr[k], eps=1e-15) for k, p in self.params.items()}
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
         self.sky_optimizer = torch.optim.Adam([self.sky], lr=self.config.lr_sky)
         self.sky_optimizer.load_state_dict(state["sky_optimizer"])
-        self.grad2d, self.seen = state["grad2d"], state["seen"]
+        self.grad2d, self.seen = state["grad2d"].to(self.device), state["seen"].to(self.device)
         generator.set_state(state["generator"])
         return int(state["step"])
 
@@ -472,9 +475,9 @@ def train_step(trainer: _Trainer, log: LogData, depth: torch.Tensor, views: list
     rgb, expected, alphas, meta, _ = render_views(params, trainer.sky, log, boxes, present, frame, cameras)
     if densify and "means2d" in meta and meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()
-    target = log.images[frame, cameras].float() / 255.0
+    target = log.images[frame, cameras].to(rgb.device).float() / 255.0
     loss_rgb = colour_loss(rgb, target, c.ssim_weight)
-    lidar = depth[frame, cameras]
+    lidar = depth[frame, cameras].to(rgb.device)
     mask = lidar > 0
     loss_depth = ((expected[mask] - lidar[mask]).abs() / lidar[mask]).mean() if mask.any() else rgb.new_zeros(())
     loss_opacity = torch.sigmoid(trainer.params["opacities"]).mean()
@@ -490,7 +493,7 @@ def train_step(trainer: _Trainer, log: LogData, depth: torch.Tensor, views: list
 
 def _kept_mask(params: SplatParams, present: torch.Tensor) -> torch.Tensor:
     """The Gaussians ``frame_gaussians`` keeps, in its order."""
-    owner = params.owner
+    owner, present = params.owner, present.to(params.owner.device)
     keep = owner < 0
     if present.shape[0]:
         keep = keep | present[owner.clamp_min(0)] & (owner >= 0)
@@ -513,7 +516,7 @@ def evaluate(params: SplatParams, sky: torch.Tensor, log: LogData, depth: torch.
         by_frame.setdefault(t, []).append(c)
     for t, cams in sorted(by_frame.items()):
         rgb, expected, _, _, _ = render_views(params, sky, log, log.boxes[:, t], log.present[:, t], t, cams)
-        rgb = rgb.clamp(0, 1)
+        rgb, expected = rgb.clamp(0, 1).cpu(), expected.cpu()
         target = log.images[t, cams].float() / 255.0
         for i, c in enumerate(cams):
             psnrs.append(float(psnr(rgb[i], target[i])))
@@ -549,7 +552,7 @@ def reconstruct(log_dir: str | Path, out: str | Path, config: ReconstructConfig 
     depth = depth_maps(log)
     scene, scene_scale = initial_scene(log, split, depth, config, generator)
     init_gaussians = scene.params.num_gaussians
-    initial, _ = evaluate(scene.params, scene.sky, log, depth, split.heldout)
+    initial, _ = evaluate(scene.params, scene.sky, log, depth, split.heldout)  # on the CPU: before training
     trainer = _Trainer(scene, scene_scale, config)
     start = 0
     if resume:
@@ -580,13 +583,14 @@ def reconstruct(log_dir: str | Path, out: str | Path, config: ReconstructConfig 
             advance()
     train_s = time.perf_counter() - train_tic
     params = SplatParams(**{k: trainer.params[k].data for k in PARAM_NAMES}, owner=trainer.owner)
-    scene = replace(scene, params=params, sky=trainer.sky.data.clone(),
-                    info={**scene.info, "source": str(log_dir), "protocol": split.protocol})
     eval_tic = time.perf_counter()
-    heldout, pictures = evaluate(params, scene.sky, log, depth, split.heldout)
-    camera_figures, camera_pictures = evaluate(params, scene.sky, log, depth, split.heldout_camera)
-    train_figures, _ = evaluate(params, scene.sky, log, depth, split.train[::max(1, len(split.train) // 16)])
+    heldout, pictures = evaluate(params, trainer.sky.data, log, depth, split.heldout)
+    camera_figures, camera_pictures = evaluate(params, trainer.sky.data, log, depth, split.heldout_camera)
+    train_figures, _ = evaluate(params, trainer.sky.data, log, depth, split.train[::max(1, len(split.train) // 16)])
     eval_s = time.perf_counter() - eval_tic
+    params = SplatParams(**{k: v.cpu() for k, v in params.raw().items()}, owner=params.owner.cpu())
+    scene = replace(scene, params=params, sky=trainer.sky.data.cpu().clone(),
+                    info={**scene.info, "source": str(log_dir), "protocol": split.protocol})
     save_scene(scene, out)
     export_ply(frame_gaussians(params, *scene.frame_boxes(0)), out / "scene.ply")
     folder = out / "comparisons"
