@@ -363,7 +363,7 @@ def reconstruct(
     for key in ("psnr_heldout", "ssim_heldout", "depth_abs_rel_heldout", "depth_l1_m_heldout", "num_gaussians",
                 "iterations_per_s", "wall_time_s"):
         value = summary[key]
-        table.add_row(key, str(value) if isinstance(value, int) else f"{value:.4g}")
+        table.add_row(key, "-" if value is None else str(value) if isinstance(value, int) else f"{value:.4g}")
     if summary["heldout_camera"]:
         table.add_row(f"psnr camera {holdout_camera}", f"{summary['heldout_camera']['psnr']:.4g}")
     Console().print(table)

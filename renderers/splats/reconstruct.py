@@ -22,7 +22,9 @@ Steps:
        - each point's colour is the mean of the training pixels it projects to in its own frame where it is not
          occluded (its depth is within ``VISIBLE_SLACK_M`` of the nearest lidar depth at that pixel);
        - points are merged per voxel (``voxel_m`` static, ``ACTOR_VOXEL_M`` actors), at most ``max_init`` static;
-       - a shell of ``far_points`` Gaussians at 1.2-3x the lidar's reach stands for buildings beyond it;
+       - a shell of ``far_points`` Gaussians at 1.2-3x the lidar's reach stands for buildings beyond it, and
+         ``ray_points`` faint ones on the rays of pixels without lidar (tree tops, high facades), at most a tenth
+         and a fifth of the lidar Gaussians;
        - scales: the RMS distance to the 3 nearest neighbours (as 3DGS); opacity 0.1; sky a flat blue.
     3. Optimize with Adam, one optimizer per parameter (gsplat's learning rates; the means' decays exponentially
        to 1 % over the run), ``views_per_step`` training views of one random frame per step:
@@ -265,10 +267,11 @@ def initial_scene(log: LogData, split: Split, depth: torch.Tensor, config: Recon
     reach = float((points - centre).norm(dim=-1).quantile(0.98))
     parts = [SplatParams.from_points(points, colors, _nn_scales(points, voxels / 2), torch.full((len(points),), -1),
                                      opacity=config.init_opacity)]
-    if config.far_points:
-        parts.append(_far_shell(log, split, centre, reach, config.far_points, generator))
-    if config.ray_points:
-        parts.append(_ray_points(log, split, depth, config.ray_points, generator))
+    far_points, ray_points = min(config.far_points, len(points) // 10), min(config.ray_points, len(points) // 5)
+    if far_points:
+        parts.append(_far_shell(log, split, centre, reach, far_points, generator))
+    if ray_points:
+        parts.append(_ray_points(log, split, depth, ray_points, generator))
     sizes = []
     for k in range(len(log.actor_ids)):
         box_sizes = log.boxes[k, log.present[k], 3:6]
