@@ -5,8 +5,11 @@ All functions take agent channels ``[B, A, F, AGENT_CHANNELS]`` (tokenizer
 layout, AV frame of ``pose [B, 3]``, positions relative to the agents'
 anchors ``[B, A, 2]``) for the F future frames and return new ones.
 
-1. ``soft_clip``: scale every feature by the predicted validity probability
-   ``p = clamp((valid + 1) / 2, 0, 1)`` (SceneDiffuser++ soft clipping).
+1. ``soft_clip``: scale every feature by ``clamp(valid + 1, 0, 1)`` (SceneDiffuser++
+   soft clipping): tokens predicted invalid fade to zero features, tokens
+   predicted valid (``valid >= 0``) keep theirs. Scaling those by the validity
+   probability itself would shrink every displacement (positions are relative
+   to the anchor) at each of the many calls a frame goes through.
 2. ``inpaint``: replace the tokens of given trajectories (the AV's plan,
    user-fixed agents) by their values, every frame.
 3. ``keep_valid``: force validity on rows that must stay in the scene (the
@@ -31,6 +34,13 @@ anchors ``[B, A, 2]``) for the F future frames and return new ones.
    the model moved into a new collision holds its previous pose (or, if it
    just appeared, is not spawned), repeated until no new collision remains,
    so the model never moves an agent into another in an executed frame.
+6. ``kinematic_limits``: the executed frame of an agent that continues is
+   kept physically feasible: its velocity changes by at most the type's
+   acceleration limit (``ACCEL_LIMIT``, the vector change, so braking, speeding
+   up and turning share it) and its speed stays under ``SPEED_LIMIT``, with
+   its heading turning at most ``YAW_RATE_LIMIT`` per second. It removes the
+   step-to-step jitter of the predicted positions, which a real agent cannot
+   have; executed before the on-road and no-overlap checks.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from simgen.metrics.features import (
     rounded_box_signed_distance,
     signed_distance_to_rings,
 )
-from simgen.types import RoadMap
+from simgen.types import DT_S, RoadMap
 from simgen.world.tokenizer import (
     COS,
     DELTA_SCALE_M,
@@ -71,10 +81,14 @@ RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights 
 CIRCLES = 3  # discs per box in push_apart
 PUSH_ITERATIONS = 3
 PUSH_MARGIN_M = 0.2  # in denoising, discs are pushed this far apart
+# per AgentType (UNSET, VEHICLE, PEDESTRIAN, CYCLIST): executed-frame kinematic limits
+ACCEL_LIMIT = torch.tensor([6.0, 6.0, 3.0, 4.0])  # m/s², magnitude of the velocity change per second
+SPEED_LIMIT = torch.tensor([40.0, 40.0, 4.0, 12.0])  # m/s
+YAW_RATE_LIMIT = torch.tensor([1.5, 1.5, 6.0, 3.0])  # rad/s
 
 
 def soft_clip(x0: torch.Tensor) -> torch.Tensor:
-    p = ((x0[..., VALID] + 1) / 2).clamp(0, 1)[..., None]
+    p = (x0[..., VALID] + 1).clamp(0, 1)[..., None]
     return torch.cat([x0[..., :1], x0[..., 1:] * p], dim=-1)
 
 
@@ -224,6 +238,25 @@ def push_apart(x0: torch.Tensor, anchor: torch.Tensor, movable: torch.Tensor) ->
     moved[..., X:Y + 1] = ((position - start) / DELTA_SCALE_M).to(x0.dtype)
     hit = moved[..., X:Y + 1].abs().sum(-1) > 0
     return x0 + spread(moved, hit, valid & movable[..., None])
+
+
+def kinematic_limits(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, prev_x: torch.Tensor,
+                     prev_y: torch.Tensor, prev_heading: torch.Tensor, prev_vel: torch.Tensor,
+                     agent_type: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next poses ``[N]`` (m, rad) of agents that were at ``prev_*`` with velocity ``prev_vel [N, 2]`` (m/s),
+    moved the least so that they respect the limits of their ``agent_type`` (module docstring, 6)."""
+    kind = agent_type.long().clamp(0, len(ACCEL_LIMIT) - 1)
+    prev = torch.stack([prev_x, prev_y], -1).double()
+    velocity = (torch.stack([x, y], -1).double() - prev) / DT_S
+    change = velocity - prev_vel.double()
+    most = (ACCEL_LIMIT[kind] * DT_S).double()
+    change = change * (most / change.norm(dim=-1).clamp_min(1e-9)).clamp(max=1.0)[:, None]
+    velocity = prev_vel.double() + change
+    velocity = velocity * (SPEED_LIMIT[kind].double() / velocity.norm(dim=-1).clamp_min(1e-9)).clamp(max=1.0)[:, None]
+    turn = torch.remainder(heading - prev_heading + math.pi, 2 * math.pi) - math.pi
+    turn = turn.clamp(-YAW_RATE_LIMIT[kind] * DT_S, YAW_RATE_LIMIT[kind] * DT_S)
+    out = prev + velocity * DT_S
+    return out[:, 0].to(x.dtype), out[:, 1].to(y.dtype), prev_heading + turn
 
 
 def overlapping_pairs(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,

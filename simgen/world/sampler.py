@@ -369,9 +369,9 @@ class WorldSampler:
         return x0, eps, l0, leps
 
     def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
-        x0 = C.soft_clip(x0)
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
+        x0 = C.soft_clip(x0)
         if self.on_road is not None:
             x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable)
         if self.options.no_overlap:
@@ -488,6 +488,14 @@ class WorldSampler:
             heading[f.rows] = f.heading[:, t + 1].float()
             valid[f.rows] = f.valid[:, t + 1]
             controlled[f.rows] = True
+        continuing = valid & traj.valid[:, t] & keep
+        if self.fixed is not None:
+            continuing[self.fixed.rows] = False
+        if continuing.any():
+            c = continuing.nonzero().flatten()
+            x[c], y[c], heading[c] = C.kinematic_limits(
+                x[c], y[c], heading[c], traj.x[c, t], traj.y[c, t], traj.heading[c, t],
+                torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1), agent_type[c])
         if self.on_road is not None:  # executed-frame check: a vehicle still off the road holds its pose or leaves
             stuck = valid & (agent_type == AgentType.VEHICLE)
             rows_on = stuck.nonzero().flatten()
@@ -590,7 +598,7 @@ class WorldSampler:
             v_agents, v_lights = self.model.denoiser(inp)
             x0, eps = predict_clean(agents, v_agents, level)
             l0, leps = predict_clean(lights, v_lights, level)
-            x0 = C.keep_valid(C.soft_clip(x0), is_av)
+            x0 = C.soft_clip(C.keep_valid(x0, is_av))
             if self.on_road is not None:
                 x0 = self.on_road.project(x0, pose, unanchored, lanes, lane_valid, ~is_av)
             x0[:, 0, H - 1, X:COS + 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the AV is at ``pose`` now

@@ -129,3 +129,26 @@ def test_rollout_reports_trip_realism_against_reference_logs(world_logs, tmp_pat
     (empty / "logs.json").write_text(json.dumps({**json.loads((world_logs / "logs.json").read_text()), "trips": []}))
     result = simgen("rollout", str(config), "--out", str(tmp_path / "out2"), "--ref-logs", str(empty))
     assert result.returncode == 2 and "--trip-seconds" in result.stderr and not (tmp_path / "out2").exists()
+
+
+def test_kinematic_limits_bound_acceleration_speed_and_turning():
+    from simgen.world.constraints import ACCEL_LIMIT, SPEED_LIMIT, YAW_RATE_LIMIT, kinematic_limits
+
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    prev = torch.randn(n, 2, generator=g) * 50
+    kind = torch.randint(1, 4, (n,), generator=g)
+    direction = torch.nn.functional.normalize(torch.randn(n, 2, generator=g), dim=-1)
+    prev_vel = direction * (torch.rand(n, 1, generator=g) * 0.9 * SPEED_LIMIT[kind][:, None])  # under the limit
+    proposal = prev + prev_vel * 0.1 + torch.randn(n, 2, generator=g) * 3  # jittery: up to ~30 m/s² apart
+    heading = torch.rand(n, generator=g) * 6
+    x, y, h = kinematic_limits(proposal[:, 0], proposal[:, 1], heading + torch.randn(n, generator=g), prev[:, 0],
+                               prev[:, 1], heading, prev_vel, kind)
+    velocity = (torch.stack([x, y], -1) - prev) / 0.1
+    assert ((velocity - prev_vel).norm(dim=-1) <= ACCEL_LIMIT[kind] * 0.1 + 1e-3).all()
+    assert (velocity.norm(dim=-1) <= SPEED_LIMIT[kind] + 1e-3).all()
+    assert ((h - heading).abs() <= YAW_RATE_LIMIT[kind] * 0.1 + 1e-5).all()
+    # a feasible proposal (constant velocity) is kept as it is
+    x2, y2, _ = kinematic_limits(prev[:, 0] + prev_vel[:, 0] * 0.1, prev[:, 1] + prev_vel[:, 1] * 0.1, heading,
+                                 prev[:, 0], prev[:, 1], heading, prev_vel, kind)
+    assert torch.allclose(x2, prev[:, 0] + prev_vel[:, 0] * 0.1, atol=1e-4)
