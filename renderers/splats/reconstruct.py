@@ -42,6 +42,14 @@ Steps:
        against lidar (abs rel and L1 in m at the pixels with a lidar return); write ``gaussians.npz``,
        ``scene.json``, ``scene.ply`` (first frame posed), ``comparisons/*.png`` (render | truth | |error|) and
        ``summary.json`` with the protocol.
+
+Measured (this 2-core CPU, one torch thread, the other core busy): a Berlin log from ``simgen rollout
+scenarios/city.yaml --steps 40`` rendered by ``simgen render --frames 10:30`` (20 frames x 8 cameras, 480 x 320
+resampled to 160 x 106; AV at ~14 m/s); frames 10, 18, 26 held out on every camera:
+    - 1500 steps, 8 cameras: held-out PSNR 30.1 dB, SSIM 0.944, lidar depth abs rel 0.044 (L1 0.73 m), 14 min;
+    - 1500 steps, side_left held out as a whole: the 7 others 29.6 dB / 0.938 / 0.046; side_left (never
+      trained on) 25.4 dB / 0.891; 13.3 min, 1.9 steps/s, 99k Gaussians;
+    - 1000 steps, 8 cameras: 28.6 dB / 0.926 / 0.054, 7.1 min.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def test_editing_the_fitted_actor_moves_its_pixels_and_lidar_returns_and_removal
     assert not _red(gone).any()
     assert float((gone[red_before] - road[red_before]).abs().mean()) < 0.08
     # lidar: the returns on the actor move with its box
-    lidar = pytest.importorskip("simgen.renderers.splats.lidar")
+    from simgen.renderers.splats import lidar
     lidar_pose = torch.eye(4)
     lidar_pose[:3, 3] = torch.tensor([0.0, -7.0, 1.0])
     inclinations = torch.tensor(np.radians(np.linspace(2.0, -12.0, 16))).float()
@@ -256,7 +256,7 @@ def test_replay_moves_reconstructed_actors_and_casts_new_agents_from_the_library
     io.save_map(small_grid, run / "map.npz")
     (run / "summary.json").write_text("{}")
     (tmp_path / "tiny.yaml").write_text(RIG)
-    sensors = ("cameras", "lidar") if _has_lidar() else ("cameras",)
+    sensors = ("cameras", "lidar")
     summary = render_rollout_splats(run, tmp_path / "splats", SplatRenderOptions(
         scene=str(out), sensors=sensors, frames="0:1", rig=str(tmp_path / "tiny.yaml")))
     kinds = {a["object_id"]: a["kind"] for a in summary["cast"]["agents"]}
@@ -273,20 +273,11 @@ def test_replay_moves_reconstructed_actors_and_casts_new_agents_from_the_library
     cols = torch.nonzero(red)[:, 1].float()
     # two red cars: the reconstructed one in the middle, the library one to its right
     assert red.sum() >= 20 and float(cols.min()) < 26 and float(cols.max()) > 30
-    if _has_lidar():
-        lidar = np.load(frame / "lidar_top.npz")
-        assert lidar["range_image"].shape == (8, 360, 4) and len(lidar["xyz"]) > 0
-        # the output is a `simgen render` layout: the log reader takes it (it could be reconstructed again)
-        log = load_log(tmp_path / "splats")
-        assert log.layout == "simgen" and log.camera_names == ("front",) and log.actor_ids == (42, 500)
-
-
-def _has_lidar() -> bool:
-    try:
-        import simgen.renderers.splats.lidar  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    lidar = np.load(frame / "lidar_top.npz")
+    assert lidar["range_image"].shape == (8, 360, 4) and len(lidar["xyz"]) > 0
+    # the output is a `simgen render` layout: the log reader takes it (it could be reconstructed again)
+    log = load_log(tmp_path / "splats")
+    assert log.layout == "simgen" and log.camera_names == ("front",) and log.actor_ids == (42, 500)
 
 
 def test_cli_bad_input_exits_2_with_one_message(tmp_path):
