@@ -203,6 +203,7 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
     last = out / "last.ckpt"
     tic = time.perf_counter()
     trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    trainer.save_checkpoint(last)  # the final step too, not only every ``val_every``
     info = {"log_dirs": [str(d) for d in log_dirs], "train_clips": len(train_set), "val_clips": len(val_set),
             "steps": steps, "batch_size": batch_size, "future": future, "config": asdict(config), "lr": lr,
             "seed": seed, "wall_s_this_run": time.perf_counter() - tic, "best": str(best.best_model_path),
