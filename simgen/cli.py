@@ -400,7 +400,9 @@ def train_world_cmd(
     steps: int = typer.Option(6000, help="optimizer steps in all (a resumed run continues to this count)"),
     batch: int = typer.Option(32, help="clips per step"),
     seed: int = typer.Option(0, help="seed for initialization, batches and noise"),
-    resume: bool = typer.Option(True, help="continue from OUT/last.ckpt when it exists"),
+    lr: float = typer.Option(6e-4, help="peak learning rate (AdamW; warm-up, then cosine decay to 0 at --steps)"),
+    resume: bool = typer.Option(True, help="continue from OUT/last.ckpt when it exists (the decay is re-planned "
+                                           "for this run's --steps and --lr)"),
 ):
     """Train the SceneDiffuser++ world model (checkpoints every validation, resumable).
 
@@ -408,7 +410,7 @@ def train_world_cmd(
 
       simgen train world --corpus data/world-corpus --out runs/world --steps 6000
 
-      simgen train export runs/world/best.ckpt --out checkpoints/world/world.pt
+      simgen train export runs/world/last.ckpt --out checkpoints/world/world.pt
     """
     from simgen.world.train import train_world
 
@@ -417,7 +419,7 @@ def train_world_cmd(
         dirs += sorted(p for p in Path(corpus).iterdir() if (p / "logs.json").exists())
     if not dirs:
         raise FileNotFoundError("train world: give --corpus DIR (from `simgen train corpus`) or --logs DIR[,DIR]")
-    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, resume=resume)
+    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, lr=lr, resume=resume)
     Console().print(f"best checkpoint: {best}")
 
 

@@ -178,7 +178,7 @@ class WorldModule(L.LightningModule):
 
 
 def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int = 32, future: int = DEFAULT_FUTURE,
-                config: DenoiserConfig | None = None, lr: float = 3e-4, seed: int = 0,
+                config: DenoiserConfig | None = None, lr: float = 6e-4, seed: int = 0,
                 val_every: int = 500, resume: bool = True, progress: bool = True) -> Path:
     """Train (or resume) a world model on ``log_dirs``; checkpoints in ``out``. Returns the best checkpoint."""
     config = config or DenoiserConfig()
