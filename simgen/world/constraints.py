@@ -22,7 +22,9 @@ anchors ``[B, A, 2]``) for the F future frames and return new ones.
    so the whole trajectory moves. ``OnRoad.outside_boxes`` is the exact
    executed-frame check (``WorldSampler``): a vehicle still outside after
    projection holds its previous pose (or, if it just appeared, is not
-   spawned), so the constraint holds in every executed frame.
+   spawned), so the constraint holds in every executed frame. A vehicle
+   already off the road (a logged one leaving a driveway) may move as long as
+   it gets no farther off (on the distance raster).
 5. ``push_apart``: boxes that overlap at a frame are pushed apart. Each box
    is covered by ``CIRCLES`` discs along its length; every overlapping pair
    of agents moves apart along the line between their deepest-overlapping

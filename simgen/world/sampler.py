@@ -496,11 +496,17 @@ class WorldSampler:
             x[c], y[c], heading[c] = C.kinematic_limits(
                 x[c], y[c], heading[c], traj.x[c, t], traj.y[c, t], traj.heading[c, t],
                 torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1), agent_type[c])
-        if self.on_road is not None:  # executed-frame check: a vehicle still off the road holds its pose or leaves
+        if self.on_road is not None:  # executed-frame check: a vehicle that would leave the road holds its pose
             stuck = valid & (agent_type == AgentType.VEHICLE)
             rows_on = stuck.nonzero().flatten()
-            stuck[rows_on] = self.on_road.outside_boxes(x[rows_on], y[rows_on], heading[rows_on], length[rows_on],
-                                                        width[rows_on]) > 0
+            after = self.on_road.outside_boxes(x[rows_on], y[rows_on], heading[rows_on], length[rows_on],
+                                               width[rows_on])
+            stuck[rows_on] = after > 0
+            was = (stuck & traj.valid[:, t]).nonzero().flatten()  # off the road after: was it off before?
+            if len(was):  # one already off the road may move, but not farther off (e.g. out of a driveway)
+                before = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t],
+                                                    length[was], width[was])
+                stuck[was] = (before <= 0) | (after[torch.searchsorted(rows_on, was)] > before)
             if self.fixed is not None:
                 stuck[self.fixed.rows] = False
             hold = stuck & traj.valid[:, t]

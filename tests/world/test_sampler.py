@@ -79,6 +79,10 @@ def test_vehicles_stay_on_the_road_in_every_executed_frame(tiny_checkpoint, scen
             d = on_road.outside_boxes(s.traj.x[v, t], s.traj.y[v, t], s.traj.heading[v, t], s.traj.length[v, t],
                                       s.traj.width[v, t])
             assert (d <= 0).all(), f"vehicle off the road at step {t}: {d.max():.3f} m"
+            off = s.traj.valid[:, t] & s.traj.valid[:, t - 1] & (s.meta.agent_type == AgentType.VEHICLE) & logged_off
+            now, before = (on_road.outside_boxes(s.traj.x[off, k], s.traj.y[off, k], s.traj.heading[off, k],
+                                                 s.traj.length[off, k], s.traj.width[off, k]) for k in (t, t - 1))
+            assert ((now <= 0) | (now <= before)).all(), "a vehicle already off the road moved farther off"
 
 
 def test_fixed_agents_follow_their_trajectories_exactly(tiny_checkpoint, scene):
