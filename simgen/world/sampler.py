@@ -53,8 +53,9 @@ Rows
 The model computes only the rows it needs: rows valid at some context frame
 (occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
 that no agent has ever used (rows are never reused, docs/FORMATS.md). A
-spare row that turns valid is a new agent with a new object id, and its type and box size come from the model; rows that
-continue keep their logged box size and type. With ``spawn=False`` (the WOSAC
+spare row that turns valid is a new agent with a new object id, and its
+type and box size come from the model; rows that continue keep their logged
+box size and type. With ``spawn=False`` (the WOSAC
 protocol) the rows are fixed and kept valid.
 """
 
