@@ -150,6 +150,13 @@ def render_frame(job: _Job, step: int) -> dict[str, Any]:
         views = render_cameras(frame, rig.cameras, av_pose, job.conditions, seed=options.seed, step=step,
                                timings=timings)
     tic = time.perf_counter()
+    write_frame(folder, sweeps, views, actor_arrays(state, step), rig)
+    timings["write_s"] = time.perf_counter() - tic
+    return timings
+
+
+def write_frame(folder: Path, sweeps: dict, views: dict, actors: dict[str, np.ndarray], rig: SensorRig) -> None:
+    """One ``frames/NNNNN/`` folder (docs/FORMATS.md) from its lidar sweeps, camera images and actor arrays."""
     version = {"format_version": np.int64(FORMAT_VERSION)}
     for name, sweep in sweeps.items():
         io.write_npz(folder / f"lidar_{name}.npz", {**version, **sweep.arrays()}, compresslevel=1)
@@ -160,11 +167,9 @@ def render_frame(job: _Job, step: int) -> dict[str, Any]:
             arrays.update({f"{name}/{key}": getattr(images, key) for key in
                            ("depth_m", "semantic", "instance", "intrinsics", "world_from_camera")})
         io.write_npz(folder / "cameras.npz", arrays, compresslevel=1)
-    io.write_npz(folder / "actors.npz", {**version, **actor_arrays(state, step)})
+    io.write_npz(folder / "actors.npz", {**version, **actors})
     bev = next(iter(sweeps.values()), None)
     Image.fromarray(contact_sheet(views, bev, rig)).save(folder / "contact_sheet.png", compress_level=1)
-    timings["write_s"] = time.perf_counter() - tic
-    return timings
 
 
 def actor_arrays(state: SceneState, step: int) -> dict[str, np.ndarray]:

@@ -43,7 +43,8 @@ from PIL import Image
 from simgen import FORMAT_VERSION, io
 from simgen.progress import progress_bar
 from simgen.renderers.lidar import LidarSweep
-from simgen.renderers.render import RenderError, actor_arrays, contact_sheet, frame_steps
+from simgen.renderers.camera import CameraImages
+from simgen.renderers.render import RenderError, actor_arrays, frame_steps, write_frame
 from simgen.renderers.rig import load_rig
 from simgen.renderers.splats.model import (
     SplatParams,
@@ -129,17 +130,9 @@ def shifted_pose(av_pose: np.ndarray, shift_lateral_m: float) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class _View:
-    rgb: np.ndarray  # [H, W, 3] uint8
-    depth_m: np.ndarray  # [H, W] float32
-    intrinsics: np.ndarray  # [3, 3]
-    world_from_camera: np.ndarray  # [4, 4]
-
-
 @torch.no_grad()
-def render_camera(gaussians, sky: torch.Tensor, spec: CameraSpec, world_from_camera: np.ndarray) -> _View:
-    """One camera: splats over the sky, and expected depth where alpha > 0.5."""
+def render_camera(gaussians, sky: torch.Tensor, spec: CameraSpec, world_from_camera: np.ndarray) -> CameraImages:
+    """One camera: splats over the sky, and expected depth where alpha > 0.5 (no semantic or instance labels: 0)."""
     k = torch.from_numpy(spec.intrinsics).float()
     cams = Cameras(viewmats=torch.from_numpy(np.linalg.inv(world_from_camera)).float()[None], Ks=k[None],
                    width=spec.width, height=spec.height)
@@ -147,8 +140,10 @@ def render_camera(gaussians, sky: torch.Tensor, spec: CameraSpec, world_from_cam
     dirs = torch.from_numpy(spec.directions() @ world_from_camera[:3, :3].T).float()
     rgb = image[0, ..., :3] + (1 - alphas[0]) * sky_colors(sky, torch.nn.functional.normalize(dirs, dim=-1))
     depth = torch.where(alphas[0, ..., 0] > 0.5, image[0, ..., 3], torch.zeros(()))
-    return _View((rgb.clamp(0, 1) * 255).round().byte().numpy(), depth.numpy().astype(np.float32), spec.intrinsics,
-                 world_from_camera)
+    depth = depth.numpy().astype(np.float32)
+    return CameraImages(rgb=(rgb.clamp(0, 1) * 255).round().byte().numpy(), depth_m=depth,
+                        semantic=np.zeros(depth.shape, np.uint8), instance=np.zeros(depth.shape, np.int32),
+                        intrinsics=spec.intrinsics, world_from_camera=world_from_camera)
 
 
 @torch.no_grad()
@@ -194,22 +189,9 @@ def render_frame(params: SplatParams, sky: torch.Tensor, state: SceneState, step
                   for spec in rig.lidars}
         timings["lidar_s"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    version = {"format_version": np.int64(FORMAT_VERSION)}
-    for name, sweep in sweeps.items():
-        io.write_npz(folder / f"lidar_{name}.npz", {**version, **sweep.arrays()}, compresslevel=1)
-    if views:
-        arrays = dict(version)
-        for name, view in views.items():
-            Image.fromarray(view.rgb).save(folder / f"camera_{name}.png", compress_level=1)
-            arrays.update({f"{name}/depth_m": view.depth_m, f"{name}/semantic": np.zeros(view.depth_m.shape, np.uint8),
-                           f"{name}/instance": np.zeros(view.depth_m.shape, np.int32),
-                           f"{name}/intrinsics": view.intrinsics, f"{name}/world_from_camera": view.world_from_camera})
-        io.write_npz(folder / "cameras.npz", arrays, compresslevel=1)
     actors = actor_arrays(state, step)
     actors["av_pose"] = av_pose
-    io.write_npz(folder / "actors.npz", {**version, **actors})
-    sheet = contact_sheet(views, next(iter(sweeps.values()), None), rig)
-    Image.fromarray(sheet).save(folder / "contact_sheet.png", compress_level=1)
+    write_frame(folder, sweeps, views, actors, rig)
     timings["write_s"] = time.perf_counter() - tic
     return timings
 
