@@ -15,7 +15,6 @@ and, once, the static scene build and its BVH build (once per map), and the slow
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -24,20 +23,11 @@ from simgen.renderers.lidar_reference import reference_returns
 from simgen.renderers.rig import load_rig
 from simgen.renderers.scene3d import Tracer, build_static_scene
 from street import street_scene  # bench/street.py (the script folder is on sys.path)
+from timing import timed
 
 from simgen.types.sensors import turn_about_z, world_from_sensor
 
 TARGET_MS = 40.0
-
-
-def timed(fn, repeat: int) -> tuple[float, float, object]:
-    """(best ms, median ms, last result) of ``repeat`` calls."""
-    times, result = [], None
-    for _ in range(repeat):
-        tic = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - tic) * 1e3)
-    return min(times), statistics.median(times), result
 
 
 def main() -> None:
@@ -57,15 +47,15 @@ def main() -> None:
     bvh_s = time.perf_counter() - tic
     spec = load_rig("default").lidars[0]
     av_pose = state.av_pose()[0].double().numpy()
-    frame_best, frame_median, frame = timed(lambda: tracer.frame(state, 0), args.repeat)
+    frame_best, frame_median, frame = timed(lambda: tracer.frame(state, 0), args.repeat, warmup=False)
 
     world_from_lidar = world_from_sensor(av_pose, spec.mount.av_from_mount())
     dirs = np.ascontiguousarray(turn_about_z(_directions(spec)[1], float(av_pose[3])), np.float32)
     origins = np.ascontiguousarray(np.broadcast_to(frame.to_local(world_from_lidar[:3, 3]), dirs.shape), np.float32)
     rows = []
     for _ in range(args.repeat):  # interleaved, so both see the same machine load
-        rows.append((timed(lambda: tracer.bvh.run(origins, dirs), 1)[0],
-                     timed(lambda: lidar_sweep(frame, spec, av_pose), 1)[0]))
+        rows.append((timed(lambda: tracer.bvh.run(origins, dirs), 1, warmup=False)[0],
+                     timed(lambda: lidar_sweep(frame, spec, av_pose), 1, warmup=False)[0]))
     ceiling, sweep = (np.array(r) for r in zip(*rows))
     result = lidar_sweep(frame, spec, av_pose)
 

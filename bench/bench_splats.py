@@ -30,10 +30,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
-import time
 
 import torch
+from timing import timed  # bench/timing.py (the script folder is on sys.path)
 from simgen.renderers.rig import load_rig
 from simgen.renderers.splats.lidar import render_lidar
 from simgen.renderers.splats.rasterize import Cameras, Gaussians, gsplat_available, render
@@ -108,17 +107,6 @@ def subset(gaussians: Gaussians, index: torch.Tensor) -> Gaussians:
 def with_grad(gaussians: Gaussians) -> Gaussians:
     return Gaussians(*(t.detach().clone().requires_grad_() for t in (
         gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors)))
-
-
-def timed(fn, repeat: int) -> tuple[float, float, object]:
-    """(best ms, median ms, last result) of ``repeat`` calls after one warm-up call."""
-    result = fn()
-    times = []
-    for _ in range(repeat):
-        tic = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - tic) * 1e3)
-    return min(times), statistics.median(times), result
 
 
 def main() -> None:
