@@ -121,7 +121,8 @@ def rollout(
         summary = {
             "seed": scenario.seed, "steps": info["steps"], "dt_s": 0.1, "world": scenario.world,
             "av_policy": scenario.av.policy, "map": scenario.map, "map_attribution": source.attribution,
-            "num_agents_max": scenario.scene.num_agents_max, "num_agents_seen": int(result.state.traj.valid.any(-1).sum()),
+            "num_agents_max": scenario.scene.num_agents_max,
+            "num_agents_seen": int(result.state.traj.valid.any(-1).sum()),
             "agent_steps": info["agent_steps"], "route_edges": info["route_edges"],
             "timings": timings, "wall_time_s": time.perf_counter() - tic, "reference": info["reference"],
             "versions": io.version_info(), "simgen_version": io.version_info()["simgen"],
@@ -403,6 +404,8 @@ def train_world_cmd(
     lr: float = typer.Option(6e-4, help="peak learning rate (AdamW; warm-up, then cosine decay to 0 at --steps)"),
     resume: bool = typer.Option(True, help="continue from OUT/last.ckpt when it exists (the decay is re-planned "
                                            "for this run's --steps and --lr)"),
+    init: Path = typer.Option(None, help="start a new run from this world.pt's weights (fine-tuning; inputs "
+                                         "added since start at 0)"),
 ):
     """Train the SceneDiffuser++ world model (checkpoints every validation, resumable).
 
@@ -411,6 +414,8 @@ def train_world_cmd(
       simgen train world --corpus data/world-corpus --out runs/world --steps 6000
 
       simgen train export runs/world/last.ckpt --out checkpoints/world/world.pt
+
+      simgen train world --corpus data/world-corpus --out runs/world-ft --init checkpoints/world/world.pt --steps 2000
     """
     from simgen.world.train import train_world
 
@@ -419,7 +424,9 @@ def train_world_cmd(
         dirs += sorted(p for p in Path(corpus).iterdir() if (p / "logs.json").exists())
     if not dirs:
         raise FileNotFoundError("train world: give --corpus DIR (from `simgen train corpus`) or --logs DIR[,DIR]")
-    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, lr=lr, resume=resume)
+    if init is not None and not init.is_file():
+        raise FileNotFoundError(f"train world --init {init}: no such file; give a world.pt from `simgen train export`")
+    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, lr=lr, resume=resume, init=init)
     Console().print(f"best checkpoint: {best}")
 
 

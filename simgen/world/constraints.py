@@ -3,13 +3,13 @@ denoising step (SceneDiffuser), each moving whole trajectories, plus a final che
 
 All functions take agent channels ``[B, A, F, AGENT_CHANNELS]`` (tokenizer
 layout, AV frame of ``pose [B, 3]``, positions relative to the agents'
-anchors ``[B, A, 2]``) for the F future frames and return new ones.
+reference lines ``ref [B, A, F, 2]``) for the F future frames and return new ones.
 
 1. ``soft_clip``: scale every feature by ``clamp(valid + 1, 0, 1)`` (SceneDiffuser++
    soft clipping): tokens predicted invalid fade to zero features, tokens
    predicted valid (``valid >= 0``) keep theirs. Scaling those by the validity
-   probability itself would shrink every displacement (positions are relative
-   to the anchor) at each of the many calls a frame goes through.
+   probability itself would shrink every deviation from the reference line at
+   each of the many calls a frame goes through.
 2. ``inpaint``: replace the tokens of given trajectories (the AV's plan,
    user-fixed agents) by their values, every frame.
 3. ``keep_valid``: force validity on rows that must stay in the scene (the
@@ -148,32 +148,32 @@ class OnRoad:
                          + (v01 * (1 - f[:, 0]) + v11 * f[:, 0]) * f[:, 1])
         return out
 
-    def outside(self, x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor, exact: bool = False
+    def outside(self, x0: torch.Tensor, pose: torch.Tensor, ref: torch.Tensor, exact: bool = False
                 ) -> torch.Tensor:
         """``[B, A, F]`` the largest corner distance outside the road edge (m; <= 0 inside): exact, or from
         the raster (``raster_distance``)."""
-        corners = _corners_world(x0, pose, anchor).reshape(-1, 2)  # [B * A * F * 4, 2]
+        corners = _corners_world(x0, pose, ref).reshape(-1, 2)  # [B * A * F * 4, 2]
         if not exact:
             return self.raster_distance(corners).reshape(*x0.shape[:3], 4).amax(-1)
         return signed_distance_to_rings(corners, self.a, self.b).reshape(*x0.shape[:3], 4).amax(-1)
 
-    def project(self, x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor, lane_local: torch.Tensor,
+    def project(self, x0: torch.Tensor, pose: torch.Tensor, ref: torch.Tensor, lane_local: torch.Tensor,
                 lane_valid: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
         """Move offroad vehicle tokens of ``movable [B, A]`` rows toward lanes. ``lane_local [B, N, 4]``:
         driving-lane points (AV frame, m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``."""
         vehicle = is_vehicle(x0) & movable[..., None]
-        off = (self.outside(x0, pose, anchor) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
+        off = (self.outside(x0, pose, ref) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
             return x0
         b, a, f = off.nonzero().unbind(-1)
         tokens = x0[b, a, f][:, None, None]  # [n, 1, 1, C]: only the offroad tokens are searched
-        token_anchor = anchor[b, a][:, None]  # [n, 1, 2]
-        target = _nearest_lane(x0, anchor, lane_local, lane_valid)[b, a, f][:, None, None]  # [n, 1, 1, 4]
+        token_ref = ref[b, a, f][:, None, None]  # [n, 1, 1, 2]
+        target = _nearest_lane(x0, ref, lane_local, lane_valid)[b, a, f][:, None, None]  # [n, 1, 1, 4]
         lo = torch.zeros(len(b), 1, 1, dtype=x0.dtype)
         hi = torch.ones_like(lo)
         for _ in range(BISECTION_STEPS):  # smallest blend that is inside (monotone enough in practice)
             mid = (lo + hi) / 2
-            inside = self.outside(_blend(tokens, target, mid), pose[b], token_anchor) <= -ROAD_MARGIN_M
+            inside = self.outside(_blend(tokens, target, mid), pose[b], token_ref) <= -ROAD_MARGIN_M
             hi = torch.where(inside, mid, hi)
             lo = torch.where(inside, lo, mid)
         moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]
@@ -203,7 +203,7 @@ def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torc
     return torch.where(hit[..., None], moved, share * tokens[..., None])
 
 
-def push_apart(x0: torch.Tensor, anchor: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+def push_apart(x0: torch.Tensor, ref: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
     """Push overlapping boxes apart (module docstring, 5). ``movable [B, A]``: rows the model may move."""
     valid = x0[..., VALID] > 0  # [B, A, F]
     if valid.sum(1).max() < 2:
@@ -214,7 +214,7 @@ def push_apart(x0: torch.Tensor, anchor: torch.Tensor, movable: torch.Tensor) ->
              * torch.linspace(-1, 1, CIRCLES, dtype=torch.float64))  # [B, A, F, K] offsets along the box
     heading = torch.stack([x0[..., COS], x0[..., SIN]], -1).double()
     heading = heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    start = local_positions(x0, anchor)  # [B, A, F, 2] m
+    start = local_positions(x0, ref)  # [B, A, F, 2] m
     position = start.clone()
     bound = size[..., :2].norm(dim=-1) / 2 + PUSH_MARGIN_M  # [B, A, F] bounding-circle radius
     pair = valid[:, :, None] & valid[:, None] & ~torch.eye(x0.shape[1], dtype=torch.bool)[None, :, :, None]
@@ -279,9 +279,9 @@ def overlapping_pairs(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, l
     return out | out.T
 
 
-def _corners_world(x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+def _corners_world(x0: torch.Tensor, pose: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``[B, A, F, 4, 2]`` box corners (m, world frame, float64) of the tokens."""
-    local = local_positions(x0, anchor)
+    local = local_positions(x0, ref)
     lx, ly = local[..., 0], local[..., 1]
     heading = torch.atan2(x0[..., SIN], x0[..., COS]).double()
     x, y, h = to_world(lx, ly, heading, pose.double())
@@ -298,17 +298,17 @@ def box_corners(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, half_le
     return torch.stack([x[..., None] + along * cos - across * sin, y[..., None] + along * sin + across * cos], -1)
 
 
-def _nearest_lane(x0: torch.Tensor, anchor: torch.Tensor, lanes: torch.Tensor, valid: torch.Tensor
+def _nearest_lane(x0: torch.Tensor, ref: torch.Tensor, lanes: torch.Tensor, valid: torch.Tensor
                   ) -> torch.Tensor:
-    """Per token, the nearest lane point (in the token's units: relative to its anchor) and the lane's
+    """Per token, the nearest lane point (in the token's units: relative to its reference line) and the lane's
     direction aligned with the token's heading: ``[B, A, F, 4]`` (x, y; sin, cos)."""
     B, A, F, _ = x0.shape
-    pos = (local_positions(x0, anchor) / POS_SCALE_M).float().reshape(B, A * F, 2)
+    pos = (local_positions(x0, ref) / POS_SCALE_M).float().reshape(B, A * F, 2)
     d = torch.cdist(pos, lanes[..., :2])  # [B, AF, N]
     d = torch.where(valid[:, None], d, math.inf)
     index = d.argmin(-1)  # [B, AF]
     picked = torch.gather(lanes, 1, index[..., None].expand(-1, -1, 4)).reshape(B, A, F, 4).clone()
-    picked[..., :2] = (picked[..., :2] * POS_SCALE_M - anchor[:, :, None].float()) / DELTA_SCALE_M
+    picked[..., :2] = (picked[..., :2] * POS_SCALE_M - ref.float()) / DELTA_SCALE_M
     # direction as (cos, sin) in picked[..., 2:]; flip it to the side the token faces
     cos, sin = picked[..., 2], picked[..., 3]
     facing = cos * x0[..., COS] + sin * x0[..., SIN] >= 0

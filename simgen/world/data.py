@@ -39,12 +39,14 @@ from simgen.world.tokenizer import (
     MapBank,
     agent_anchor,
     agent_condition,
+    agent_velocity,
     approach_heading,
     encode_agents,
     encode_light_states,
     light_condition,
     map_bank,
     map_features,
+    reference,
 )
 
 SPARE_SLOTS = 4
@@ -88,12 +90,14 @@ def make_example(scene: SceneState, context: MapContext, current: int, future: i
     size = torch.stack([t.length, t.width, t.height], dim=-1)
     now = len(HISTORY_OFFSETS) - 1
     anchor = agent_anchor(t.x.double(), t.y.double(), t.valid, pose, now)
+    velocity = agent_velocity(t.x.double(), t.y.double(), t.valid, pose, now)
     agents = encode_agents(t.x.double(), t.y.double(), t.heading.double(), size, scene.meta.agent_type[rows],
-                           t.valid, pose, anchor)
+                           t.valid, pose, reference(anchor, velocity, frames - current))
     spare_anchor = torch.zeros(SPARE_SLOTS, 2, dtype=torch.float64)
     spare = encode_agents(*(torch.zeros(SPARE_SLOTS, len(frames), dtype=torch.float64) for _ in range(3)),
                           torch.zeros(SPARE_SLOTS, len(frames), 3), torch.zeros(SPARE_SLOTS, dtype=torch.int8),
-                          torch.zeros(SPARE_SLOTS, len(frames), dtype=torch.bool), pose, spare_anchor)
+                          torch.zeros(SPARE_SLOTS, len(frames), dtype=torch.bool), pose,
+                          torch.zeros(SPARE_SLOTS, len(frames), 2, dtype=torch.float64))
     lights = scene.lights.index_axis("T", frames)
     known = lights.valid & (lights.state != LightState.UNKNOWN)
     slots = torch.nonzero(known.any(-1)).flatten()
@@ -103,7 +107,7 @@ def make_example(scene: SceneState, context: MapContext, current: int, future: i
     feats, map_valid = map_features(context.bank, pose[None])
     return {
         "agents": torch.cat([agents, spare]),
-        "agent_cond": agent_condition(torch.cat([anchor, spare_anchor]),
+        "agent_cond": agent_condition(torch.cat([anchor, spare_anchor]), torch.cat([velocity, spare_anchor]),
                                       torch.cat([t.valid[:, now], torch.zeros(SPARE_SLOTS, dtype=torch.bool)])),
         "is_av": torch.arange(len(rows) + SPARE_SLOTS) == 0,
         "lights": encode_light_states(lights.state[slots]),

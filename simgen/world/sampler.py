@@ -94,12 +94,14 @@ from simgen.world.tokenizer import (
     Y,
     agent_anchor,
     agent_condition,
+    agent_velocity,
     decode_agents,
     decode_light_states,
     encode_agents,
     encode_light_states,
     light_condition,
     map_features,
+    reference,
     wrap,
 )
 
@@ -147,6 +149,8 @@ class Context:
 
     agents: torch.Tensor  # [B, A, H, AGENT_CHANNELS] context frames of every row
     anchor: torch.Tensor  # [B, A, 2] float64 anchors: positions now, AV frame (m); 0 where not valid now
+    velocity: torch.Tensor  # [B, A, 2] float64 velocities now, AV frame (m/s); 0 where not valid now and before
+    ref: torch.Tensor  # [B, A, H + W, 2] float64 reference lines of the clip's frames (tokenizer docstring)
     anchored: torch.Tensor  # [B, A] valid now
     lights: torch.Tensor  # [B, S, H, LIGHT_CHANNELS]
     known: torch.Tensor  # [B, S, H] light state known
@@ -159,7 +163,7 @@ class Carry:
     agents: torch.Tensor  # [B, A, W, AGENT_CHANNELS] noisy window, AV frame of ``pose``, every scene row
     lights: torch.Tensor  # [B, S, W, LIGHT_CHANNELS]
     pose: torch.Tensor  # [B, 3] float64 world-frame AV pose the window is expressed in
-    anchor: torch.Tensor  # [B, A, 2] float64 agents' anchors (m, AV frame of ``pose``) the window is relative to
+    ref: torch.Tensor  # [B, A, W, 2] float64 reference lines (m, AV frame of ``pose``) the window is relative to
     plan: torch.Tensor | None = None  # full sampler: [B, A, W, C] clean plan and [B, S, W, 3] lights
     plan_lights: torch.Tensor | None = None
     plan_age: int = 0
@@ -223,8 +227,8 @@ class WorldSampler:
                                          s.traj.heading[s.av_index, t]]) for s in scenes]).double()
 
     def _context(self, scenes: list[SceneState], pose: torch.Tensor) -> Context:
-        """Context frames of every row (invalid before the scene's first step), their anchors, and the
-        lights with their known mask."""
+        """Context frames of every row (invalid before the scene's first step), their reference lines, and
+        the lights with their known mask."""
         t = scenes[0].step
         steps = torch.tensor([t + o for o in HISTORY_OFFSETS])
         inside = steps >= 0
@@ -237,11 +241,13 @@ class WorldSampler:
         valid = stack["valid"] & inside
         now = len(HISTORY_OFFSETS) - 1
         anchor = agent_anchor(stack["x"].double(), stack["y"].double(), valid, pose, now)
+        velocity = agent_velocity(stack["x"].double(), stack["y"].double(), valid, pose, now)
+        ref = reference(anchor, velocity, self.offsets)
         agents = encode_agents(stack["x"].double(), stack["y"].double(), stack["heading"].double(), size, types,
-                               valid, pose, anchor)
+                               valid, pose, ref[:, :, :len(HISTORY_OFFSETS)])
         state = torch.stack([s.lights.state[:, steps] for s in scenes])
         known = torch.stack([s.lights.valid[:, steps] for s in scenes]) & (state != LightState.UNKNOWN) & inside
-        return Context(agents=agents, anchor=anchor, anchored=valid[..., now],
+        return Context(agents=agents, anchor=anchor, velocity=velocity, ref=ref, anchored=valid[..., now],
                        lights=encode_light_states(torch.where(known, state, 0)), known=known)
 
     def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
@@ -306,7 +312,8 @@ class WorldSampler:
         inp = DenoiserInput(
             agents=agents, agent_given=agent_given, agent_clean=agent_clean,
             agent_mask=torch.ones(B, len(rows), dtype=torch.bool), is_av=is_av,
-            agent_cond=agent_condition(context.anchor[:, rows], context.anchored[:, rows]), lights=lights_all,
+            agent_cond=agent_condition(context.anchor[:, rows], context.velocity[:, rows], context.anchored[:, rows]),
+            lights=lights_all,
             light_given=light_given, light_clean=light_clean, light_cond=cond,
             light_valid=light_valid, light_mask=torch.ones(B, len(slots), dtype=torch.bool),
             map_features=feats, map_valid=map_valid, noise_level=levels, frame_offsets=self.offsets)
@@ -314,10 +321,11 @@ class WorldSampler:
         lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(B, -1)
         return inp, lanes, lane_valid
 
-    def _given(self, scenes: list[SceneState], pose: torch.Tensor, anchor: torch.Tensor, num_rows: int,
+    def _given(self, scenes: list[SceneState], pose: torch.Tensor, ref: torch.Tensor, num_rows: int,
                av_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
         """Inpainted future tokens: (mask ``[B, A, W]``, values ``[B, A, W, C]``) of the fixed agents and the
-        AV's plan (``x, y, heading [B, W]``, world frame, for steps t+1..t+W), or None."""
+        AV's plan (``x, y, heading [B, W]``, world frame, for steps t+1..t+W), or None. ``ref [B, A, W, 2]``:
+        the future frames' reference lines."""
         if self.fixed is None and av_plan is None:
             return None
         B, W, t = len(scenes), self.model.future, scenes[0].step
@@ -329,7 +337,7 @@ class WorldSampler:
             size = torch.stack([traj.length[rows, t], traj.width[rows, t], traj.height[rows, t]], -1)
             full[:, rows] = encode_agents(x.double(), y.double(), heading.double(),
                                           size[None, :, None].expand(B, -1, W, 3), scenes[0].meta.agent_type[rows],
-                                          valid, pose, anchor[:, rows])
+                                          valid, pose, ref[:, rows])
             mask[:, rows] = inside
 
         if self.fixed is not None:
@@ -350,12 +358,12 @@ class WorldSampler:
                  rows, slots) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x̂_0 and ε̂ of the future frames of ``rows`` and ``slots`` after 𝒞. Returns
         (agents x̂_0, agents ε̂, lights x̂_0, lights ε̂)."""
-        given = self._given(scenes, pose, context.anchor, window_agents.shape[1], carry.av_plan)
+        H = len(HISTORY_OFFSETS)
+        given = self._given(scenes, pose, context.ref[:, :, H:], window_agents.shape[1], carry.av_plan)
         inp, lanes, lane_valid = self._input(scenes, pose, context, window_agents, window_lights, levels_future,
                                              rows, slots, given)
         v_agents, v_lights = self.model.denoiser(inp)
         carry.calls += 1
-        H = len(HISTORY_OFFSETS)
         B = len(scenes)
         levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, -1)], dim=1)
         x0, eps = predict_clean(inp.agents, v_agents, levels)
@@ -364,19 +372,19 @@ class WorldSampler:
         movable = inp.is_av.logical_not() | self.options.drive_av  # [B, rows]
         if given is not None:
             movable &= ~given[0][:, rows].any(-1)
-        x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given, movable)
+        x0 = self._constrain(x0, pose, context.ref[:, rows, H:], rows, lanes, lane_valid, given, movable)
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
+    def _constrain(self, x0, pose, ref, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
         x0 = C.soft_clip(x0)
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable)
+            x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable)
         if self.options.no_overlap:
-            x0 = C.push_apart(x0, anchor, movable)
+            x0 = C.push_apart(x0, ref, movable)
         if given is not None:
             mask, values = given
             x0 = C.inpaint(x0, mask[:, rows], values[:, rows])
@@ -390,7 +398,7 @@ class WorldSampler:
         pose = self._pose(scenes)
         carry = Carry(agents=torch.randn(B, A, W, AGENT_CHANNELS, generator=generator),
                       lights=torch.randn(B, S, W, LIGHT_CHANNELS, generator=generator), pose=pose,
-                      anchor=self._context(scenes, pose).anchor,
+                      ref=self._context(scenes, pose).ref[:, :, len(HISTORY_OFFSETS):],
                       next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1)
         if self.options.kind == "amortized":
             x0, l0 = self._full_denoise(scenes, carry, generator)
@@ -425,10 +433,11 @@ class WorldSampler:
         B = len(scenes)
         W = self.model.future
         context = self._context(scenes, pose)
+        future_ref = context.ref[:, :, len(HISTORY_OFFSETS):]
         rows = self._rows(scenes, context, None if self.options.spawn else _protocol_rows(scenes))
         if self.options.kind == "amortized":
-            carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels, carry.anchor, context.anchor)
-            carry.pose, carry.anchor = pose, context.anchor
+            carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels, carry.ref, future_ref)
+            carry.pose, carry.ref = pose, future_ref
             slots = self._light_slots(scenes, pose)
             x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, carry.agents, carry.lights, self.levels,
                                               rows, slots)
@@ -437,35 +446,37 @@ class WorldSampler:
             window[:, rows] = ddim_step(x0, eps, lower)
             light_window = carry.lights.clone()
             light_window[:, slots] = ddim_step(l0, leps, lower)
-            frame, light_frame, frame_pose, frame_anchor = window[:, :, 0], light_window[:, :, 0], pose, carry.anchor
+            frame, light_frame = window[:, :, 0], light_window[:, :, 0]
+            frame_pose, frame_ref = pose, future_ref[:, :, 0]
             carry.agents = torch.cat([window[:, :, 1:], torch.randn(*window.shape[:2], 1, AGENT_CHANNELS,
                                                                      generator=generator)], dim=2)
+            carry.ref = torch.cat([future_ref[:, :, 1:], 2 * future_ref[:, :, -1:] - future_ref[:, :, -2:-1]], dim=2)
             carry.lights = torch.cat([light_window[:, :, 1:], torch.randn(*light_window.shape[:2], 1,
                                                                            LIGHT_CHANNELS, generator=generator)], 2)
         else:
             if carry.plan is None or carry.plan_age >= self.options.replan_every:
-                carry.pose, carry.anchor = pose, context.anchor
+                carry.pose, carry.ref = pose, future_ref
                 carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator)
                 carry.plan_age = 0
             # the plan stays in the frame of the pose it was made at
-            frame, light_frame, frame_pose, frame_anchor = (carry.plan[:, :, carry.plan_age],
-                                                            carry.plan_lights[:, :, carry.plan_age], carry.pose,
-                                                            carry.anchor)
+            frame, light_frame, frame_pose, frame_ref = (carry.plan[:, :, carry.plan_age],
+                                                         carry.plan_lights[:, :, carry.plan_age], carry.pose,
+                                                         carry.ref[:, :, carry.plan_age])
             carry.plan_age += 1
         if not self.options.spawn:
             frame[..., VALID] = 1.0
         plan = carry.av_plan
-        actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], frame_anchor[b], pose[b],
+        actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], frame_ref[b], pose[b],
                                 carry, None if plan is None else tuple(v[b, 0] for v in plan)) for b in range(B)]
         return actions, carry
 
     def _action(self, scene: SceneState, frame: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
-                frame_pose: torch.Tensor, frame_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
+                frame_pose: torch.Tensor, frame_ref: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
                 av_next: tuple[torch.Tensor, ...] | None) -> Action:
-        """The executed frame (in the AV frame of ``frame_pose``, relative to ``frame_anchor``) of one scene as
+        """The executed frame (in the AV frame of ``frame_pose``, relative to ``frame_ref [A, 2]``) of one scene as
         an ``Action`` for its controlled rows. ``av_next``: the AV's next pose (x, y, heading) from its plan."""
         t = scene.step
-        decoded = decode_agents(frame[:, None], frame_pose, frame_anchor)
+        decoded = decode_agents(frame[:, None], frame_pose, frame_ref[:, None])
         traj, meta = scene.traj, scene.meta
         controlled = torch.zeros(scene.num_agents, dtype=torch.bool)
         controlled[rows] = True
@@ -589,6 +600,7 @@ class WorldSampler:
         lights = torch.randn(1, S, T, LIGHT_CHANNELS, generator=generator)
         is_av = torch.arange(num_agents)[None] == 0
         unanchored = torch.zeros(1, num_agents, 2, dtype=torch.float64)  # nothing is known: positions are absolute
+        no_ref = torch.zeros(1, num_agents, T, 2, dtype=torch.float64)
         self.scheduler.set_timesteps(self.options.full_steps)
         timesteps = self.scheduler.timesteps.tolist()
         for i, t in enumerate(timesteps):
@@ -597,7 +609,8 @@ class WorldSampler:
             inp = DenoiserInput(
                 agents=agents, agent_given=torch.zeros(1, num_agents, T, dtype=torch.bool), agent_clean=agents,
                 agent_mask=torch.ones(1, num_agents, dtype=torch.bool), is_av=is_av,
-                agent_cond=agent_condition(unanchored, torch.zeros(1, num_agents, dtype=torch.bool)), lights=lights,
+                agent_cond=agent_condition(unanchored, unanchored, torch.zeros(1, num_agents, dtype=torch.bool)),
+                lights=lights,
                 light_given=torch.zeros(1, S, T, dtype=torch.bool), light_clean=lights, light_cond=cond,
                 light_valid=torch.ones(1, S, T, dtype=torch.bool), light_mask=torch.ones(1, S, dtype=torch.bool),
                 map_features=feats, map_valid=map_valid, noise_level=level,
@@ -607,10 +620,10 @@ class WorldSampler:
             l0, leps = predict_clean(lights, v_lights, level)
             x0 = C.soft_clip(C.keep_valid(x0, is_av))
             if self.on_road is not None:
-                x0 = self.on_road.project(x0, pose, unanchored, lanes, lane_valid, ~is_av)
+                x0 = self.on_road.project(x0, pose, no_ref, lanes, lane_valid, ~is_av)
             x0[:, 0, H - 1, X:COS + 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the AV is at ``pose`` now
             agents, lights = ddim_step(x0, eps, nxt), ddim_step(l0, leps, nxt)
-        decoded = decode_agents(agents[0, :, :H], pose[0], unanchored[0])  # [A, H] context frames
+        decoded = decode_agents(agents[0, :, :H], pose[0], no_ref[0, :, :H])  # [A, H] context frames
         offsets = torch.tensor(HISTORY_OFFSETS, dtype=torch.float64) - HISTORY_OFFSETS[0]  # steps 0..10
         steps = torch.arange(int(offsets[-1]) + 1, dtype=torch.float64)
         k = torch.searchsorted(offsets, steps, right=True).clamp(1, H - 1)
@@ -676,23 +689,23 @@ def _renoise(window: torch.Tensor, x0: torch.Tensor, levels: torch.Tensor, gener
 
 
 def _reanchor(window: torch.Tensor, old: torch.Tensor, new: torch.Tensor, levels: torch.Tensor,
-              old_anchor: torch.Tensor, new_anchor: torch.Tensor) -> torch.Tensor:
-    """Move a (noisy) window ``[B, A, W, C]`` at frame ``levels [W]`` from the AV frame ``old`` (with agents'
-    anchors ``old_anchor [B, A, 2]``, m) to ``new`` (``new_anchor``); poses ``[B, 3]`` world frame.
+              old_ref: torch.Tensor, new_ref: torch.Tensor) -> torch.Tensor:
+    """Move a (noisy) window ``[B, A, W, C]`` at frame ``levels [W]`` from the AV frame ``old`` (its frames relative
+    to the reference lines ``old_ref [B, A, W, 2]``, m) to ``new`` (``new_ref``); poses ``[B, 3]`` world frame.
 
-    A position p = a + D x (anchor a, ``DELTA_SCALE_M`` D) maps to ``R p + d`` with the relative rotation R
-    and shift d, so x_new = R x + (R a_old + d - a_new) / D, and a noisy x_τ takes ``sqrt(ᾱ)`` of the shift.
+    A position p = r + D x (reference r, ``DELTA_SCALE_M`` D) maps to ``R p + d`` with the relative rotation R
+    and shift d, so x_new = R x + (R r_old + d - r_new) / D, and a noisy x_τ takes ``sqrt(ᾱ)`` of the shift.
     Heading vectors rotate by R.
     """
     dh = (new[:, 2] - old[:, 2])  # [B]
     cos, sin = torch.cos(dh)[:, None, None], torch.sin(dh)[:, None, None]
     dx, dy = (old[:, 0] - new[:, 0]), (old[:, 1] - new[:, 1])
     ch, sh = torch.cos(new[:, 2]), torch.sin(new[:, 2])
-    ax, ay = old_anchor[..., 0], old_anchor[..., 1]  # [B, A]
-    moved_x = cos[..., 0] * ax + sin[..., 0] * ay + (dx * ch + dy * sh)[:, None]  # old anchor in the new frame
-    moved_y = -sin[..., 0] * ax + cos[..., 0] * ay + (-dx * sh + dy * ch)[:, None]
-    shift_x = ((moved_x - new_anchor[..., 0]) / DELTA_SCALE_M).float()[..., None]  # [B, A, 1]
-    shift_y = ((moved_y - new_anchor[..., 1]) / DELTA_SCALE_M).float()[..., None]
+    rx, ry = old_ref[..., 0], old_ref[..., 1]  # [B, A, W]
+    moved_x = cos * rx + sin * ry + (dx * ch + dy * sh)[:, None, None]  # old reference in the new frame
+    moved_y = -sin * rx + cos * ry + (-dx * sh + dy * ch)[:, None, None]
+    shift_x = ((moved_x - new_ref[..., 0]) / DELTA_SCALE_M).float()  # [B, A, W]
+    shift_y = ((moved_y - new_ref[..., 1]) / DELTA_SCALE_M).float()
     cos, sin = cos.float(), sin.float()
     a = alpha_bar(levels).sqrt()[None, None]  # [1, 1, W]
     out = window.clone()

@@ -41,7 +41,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from simgen.world.data import ClipDataset, SizedBatches, collate
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
 from simgen.world.diffusion import add_noise, staircase, v_target
-from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, POS_SCALE_M, VALID, X, Y
+from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, VALID, X, Y, condition_reference
 
 TASK_SHARES = {"uniform": 0.35, "amortized": 0.40, "per_frame": 0.15, "initialize": 0.10}
 AV_GIVEN_P = 0.25
@@ -90,9 +90,9 @@ def corrupt(batch: dict[str, torch.Tensor], generator: torch.Generator | None = 
 
     agent_cond = batch["agent_cond"]
     if initialize.any():  # nothing is known when a scene is generated: positions become unanchored
-        anchor = agent_cond[..., :2] * POS_SCALE_M  # [B, A, 2] m
+        ref = condition_reference(agent_cond, frame_offsets(T - H))  # [B, A, T, 2] m
         valid = agents[..., VALID] > 0
-        absolute = agents[..., X:Y + 1] + anchor[:, :, None] / DELTA_SCALE_M
+        absolute = agents[..., X:Y + 1] + ref / DELTA_SCALE_M
         moved = initialize[:, None, None, None] & valid[..., None]
         agents = agents.clone()
         agents[..., X:Y + 1] = torch.where(moved, absolute, agents[..., X:Y + 1])
@@ -177,10 +177,39 @@ class WorldModule(L.LightningModule):
             group["betas"] = (0.9, 0.999)  # OneCycleLR (older checkpoints) cycled them
 
 
+def warm_start(denoiser: Denoiser, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy a saved denoiser's weights ``state`` into ``denoiser``. Weights of equal shape are copied; a weight
+    whose inputs grew (new input features appended, e.g. a wider agent condition) keeps the old columns and
+    starts the new ones at 0, so the network begins as the old one. Returns the names of the grown weights."""
+    grown = []
+    own = denoiser.state_dict()
+    for name, value in own.items():
+        old = state.get(name)
+        if old is None:
+            raise ValueError(f"warm start: the saved denoiser has no {name!r}; it is a different architecture")
+        if old.shape == value.shape:
+            value.copy_(old)
+        elif old.ndim == 2 and old.shape[0] == value.shape[0] and old.shape[1] < value.shape[1]:
+            value.zero_()
+            value[:, :old.shape[1]] = old
+            grown.append(name)
+        else:
+            raise ValueError(f"warm start: {name} is {tuple(old.shape)} in the saved denoiser and "
+                             f"{tuple(value.shape)} here; only appended inputs can be carried over")
+    return grown
+
+
 def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int = 32, future: int = DEFAULT_FUTURE,
                 config: DenoiserConfig | None = None, lr: float = 6e-4, seed: int = 0,
-                val_every: int = 500, resume: bool = True, progress: bool = True) -> Path:
-    """Train (or resume) a world model on ``log_dirs``; checkpoints in ``out``. Returns the best checkpoint."""
+                val_every: int = 500, resume: bool = True, progress: bool = True, init: Path | None = None) -> Path:
+    """Train (or resume) a world model on ``log_dirs``; checkpoints in ``out``. Returns the best checkpoint.
+
+    ``init``: a ``world.pt`` whose weights (``warm_start``) and denoiser config start a new run (ignored when
+    the run resumes from ``out/last.ckpt``)."""
+    saved = None
+    if init is not None:
+        saved = torch.load(init, map_location="cpu", weights_only=True)
+        config = DenoiserConfig(**json.loads(saved["config"])["denoiser"])
     config = config or DenoiserConfig()
     L.seed_everything(seed, workers=True)
     out = Path(out)
@@ -193,6 +222,10 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
                                 [:8 * batch_size].tolist()),
         batch_size=batch_size, collate_fn=collate)
     module = WorldModule(config=asdict(config), future=future, lr=lr, total_steps=steps)
+    last = out / "last.ckpt"
+    resume = resume and last.exists()
+    if saved is not None and not resume:
+        warm_start(module.denoiser, saved["state_dict"])
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/loss")
     # by optimizer step, so a resumed run keeps saving even where Lightning's validation counter drifts
     latest = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=val_every, enable_version_counter=False)
@@ -200,12 +233,12 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
                         check_val_every_n_epoch=None, callbacks=[best, latest], default_root_dir=out,
                         enable_progress_bar=progress, log_every_n_steps=50, num_sanity_val_steps=0,
                         gradient_clip_val=1.0)
-    last = out / "last.ckpt"
     tic = time.perf_counter()
-    trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume else None)
     trainer.save_checkpoint(last)  # the final step too, not only every ``val_every``
     info = {"log_dirs": [str(d) for d in log_dirs], "train_clips": len(train_set), "val_clips": len(val_set),
             "steps": steps, "batch_size": batch_size, "future": future, "config": asdict(config), "lr": lr,
+            "init": None if init is None else str(init),
             "seed": seed, "wall_s_this_run": time.perf_counter() - tic, "best": str(best.best_model_path),
             "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None}
     (out / "train.json").write_text(json.dumps(info, indent=2))

@@ -14,8 +14,8 @@ from simgen.world.denoiser import Denoiser, DenoiserConfig
 from simgen.world.diffusion import add_noise, alpha_bar
 from simgen.world.sampler import _reanchor
 from simgen.world.tokenizer import (
-    COS, HISTORY_OFFSETS, SIN, VALID, X, Y, agent_anchor, decode_agents, decode_light_states, encode_agents,
-    encode_light_states,
+    AGENT_COND, COS, HISTORY_OFFSETS, SIN, VALID, X, Y, agent_anchor, agent_velocity, decode_agents, decode_light_states,
+    encode_agents, encode_light_states, reference,
 )
 from simgen.world.train import corrupt, loss_terms, lr_factor
 
@@ -36,15 +36,23 @@ def random_boxes(g, A=5, T=7):
 
 def test_agents_round_trip_to_the_world_frame(generator):
     x, y, heading, size, types, valid, pose = random_boxes(generator)
+    x[0] = 1000.0 + 1.2 * torch.arange(7, dtype=torch.float64)  # agent 0 cruises at 12 m/s along world x
+    y[0] = -450.0
+    valid[0] = True
     anchor = agent_anchor(x, y, valid, pose, current=3)
+    velocity = agent_velocity(x, y, valid, pose, current=3)
     assert (anchor[~valid[:, 3]] == 0).all(), "agents absent now have no anchor"
-    channels = encode_agents(x, y, heading, size, types, valid, pose, anchor)
+    assert (velocity[~(valid[:, 2] & valid[:, 3])] == 0).all(), "no velocity without the frame before"
+    assert torch.allclose(velocity[0].norm(), torch.tensor(12.0, dtype=torch.float64)), "m/s"
+    ref = reference(anchor, velocity, torch.arange(7) - 3)
+    channels = encode_agents(x, y, heading, size, types, valid, pose, ref)
     assert channels.shape == (5, 7, 11)
     assert (channels[..., 1:][~valid] == 0).all(), "features are zero where the agent is invalid"
     now = valid[:, 3]
     assert torch.allclose(channels[now, 3, X:Y + 1], torch.zeros(int(now.sum()), 2), atol=1e-6), \
-        "positions are relative to the anchor"
-    back = decode_agents(channels, pose, anchor)
+        "positions are relative to the reference line, which passes through the anchor"
+    assert channels[0, :, X:Y + 1].abs().max() < 1e-5, "a constant-velocity agent is 0 at every frame"
+    back = decode_agents(channels, pose, ref)
     assert torch.equal(back.valid, valid)
     v = valid
     assert (back.x[v] - x[v]).abs().max() < 1e-4 and (back.y[v] - y[v]).abs().max() < 1e-4  # m
@@ -61,20 +69,23 @@ def test_light_states_round_trip():
 
 
 def test_reanchoring_a_noisy_window_is_exact(generator):
-    """Moving x_τ = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε to a new AV frame and new anchors equals noising x0 in the new
-    frame with the rotated noise."""
+    """Moving x_τ = sqrt(ᾱ) x0 + sqrt(1-ᾱ) ε to a new AV frame and new reference lines equals noising x0 in the
+    new frame with the rotated noise."""
     x, y, heading, size, types, _, pose_a = random_boxes(generator, T=FUTURE)
     valid = torch.ones(5, FUTURE, dtype=torch.bool)
     pose_b = pose_a + torch.tensor([12.0, -3.0, 0.4], dtype=torch.float64)
     levels = torch.arange(1, FUTURE + 1) / FUTURE
     noise = torch.randn(1, 5, FUTURE, 11, generator=generator)
-    anchor_a = agent_anchor(x, y, valid, pose_a, current=0)
-    anchor_b = agent_anchor(x, y, valid, pose_b, current=1)
-    anchor_b[2] = 0.0  # an agent that loses its anchor
-    x_a = encode_agents(x, y, heading, size, types, valid, pose_a, anchor_a)[None]
-    x_b = encode_agents(x, y, heading, size, types, valid, pose_b, anchor_b)[None]
-    moved = _reanchor(add_noise(x_a, noise, levels[None]), pose_a[None], pose_b[None], levels, anchor_a[None],
-                      anchor_b[None])
+    frames = torch.arange(FUTURE)
+    ref_a = reference(agent_anchor(x, y, valid, pose_a, current=1), agent_velocity(x, y, valid, pose_a, current=1),
+                      frames - 1)
+    ref_b = reference(agent_anchor(x, y, valid, pose_b, current=2), agent_velocity(x, y, valid, pose_b, current=2),
+                      frames - 2)
+    ref_b[2] = 0.0  # an agent that loses its anchor
+    x_a = encode_agents(x, y, heading, size, types, valid, pose_a, ref_a)[None]
+    x_b = encode_agents(x, y, heading, size, types, valid, pose_b, ref_b)[None]
+    moved = _reanchor(add_noise(x_a, noise, levels[None]), pose_a[None], pose_b[None], levels, ref_a[None],
+                      ref_b[None])
     dh = 0.4
     rotated = noise.clone()
     rotated[..., X] = math.cos(dh) * noise[..., X] + math.sin(dh) * noise[..., Y]
@@ -190,7 +201,7 @@ def golden_input():
     return DenoiserInput(
         agents=torch.randn(B, A, T, 11, generator=g), agent_given=torch.arange(T).expand(B, A, T) < 2,
         agent_clean=torch.randn(B, A, T, 11, generator=g), agent_mask=torch.ones(B, A, dtype=torch.bool),
-        is_av=torch.tensor([[True, False, False]]), agent_cond=torch.randn(B, A, 3, generator=g),
+        is_av=torch.tensor([[True, False, False]]), agent_cond=torch.randn(B, A, AGENT_COND, generator=g),
         lights=torch.randn(B, S, T, 3, generator=g),
         light_given=torch.zeros(B, S, T, dtype=torch.bool), light_clean=torch.zeros(B, S, T, 3),
         light_cond=torch.randn(B, S, 4, generator=g), light_valid=torch.ones(B, S, T, dtype=torch.bool),
@@ -207,7 +218,26 @@ def test_golden_output_of_a_tiny_seeded_denoiser():
     for p in model.parameters():
         p.data.add_(torch.randn(p.shape, generator=g) * 0.1)
     agents_v, lights_v = model(golden_input())
-    expected_agent_x = [0.79871, 0.52331, -0.31552, 0.07199, 0.25220, 0.68690]
-    expected_light_stop = [-0.35093, 0.41379, 0.25249, -0.43613, 0.30627, 0.62180]
+    expected_agent_x = [-0.38512, 0.47289, -0.98625, 0.14629, -0.06771, 0.24841]
+    expected_light_stop = [0.92259, 1.22377, 0.93575, 0.91166, 1.08623, 0.75407]
     assert torch.allclose(agents_v[0, 1, :, 1], torch.tensor(expected_agent_x), atol=1e-4)
     assert torch.allclose(lights_v[0, 0, :, 0], torch.tensor(expected_light_stop), atol=1e-4)
+
+
+def test_warm_start_keeps_old_weights_and_zeroes_appended_inputs():
+    """Fine-tuning from a checkpoint made before an input was appended: the network starts as the old one."""
+    from simgen.world.train import warm_start
+
+    torch.manual_seed(0)
+    old = Denoiser(DenoiserConfig(**TINY))
+    state = {k: v.clone() for k, v in old.state_dict().items()}
+    state["agent_in.weight"] = state["agent_in.weight"][:, :-2]  # saved before two inputs were appended
+    torch.manual_seed(1)
+    new = Denoiser(DenoiserConfig(**TINY))
+    assert warm_start(new, state) == ["agent_in.weight"]
+    weight = new.state_dict()["agent_in.weight"]
+    assert torch.equal(weight[:, :-2], state["agent_in.weight"]) and (weight[:, -2:] == 0).all()
+    assert torch.equal(new.state_dict()["agent_in.bias"], state["agent_in.bias"])
+    state["agent_in.bias"] = state["agent_in.bias"][:-1]
+    with pytest.raises(ValueError, match="agent_in.bias"):
+        warm_start(new, state)

@@ -95,7 +95,7 @@ def test_the_world_never_moves_an_agent_into_a_collision(trip):
 
 
 def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
-    from simgen.world.tokenizer import COS, SIZE, TYPE, VALID, X, Y
+    from simgen.world.tokenizer import COS, DELTA_SCALE_M, SIZE, TYPE, VALID, X, Y
 
     x0 = torch.zeros(1, 3, 4, 11)
     x0[..., VALID] = 1.0
@@ -103,13 +103,13 @@ def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
     x0[..., TYPE] = -1.0
     x0[..., TYPE.start] = 1.0
     x0[..., SIZE] = torch.tensor([0.125, 0.375, 0.0])  # 4.5 m x 1.9 m
-    x0[0, 1, :, X] = 0.3  # 3 m ahead of row 0: overlapping
-    x0[0, 2, :, Y] = 3.0  # 30 m to the side: free
-    anchor = torch.zeros(1, 3, 2, dtype=torch.float64)
+    x0[0, 1, :, X] = 3.0 / DELTA_SCALE_M  # 3 m ahead of row 0: overlapping
+    x0[0, 2, :, Y] = 30.0 / DELTA_SCALE_M  # 30 m to the side: free
+    ref = torch.zeros(1, 3, 4, 2, dtype=torch.float64)
     movable = torch.tensor([[False, True, True]])
-    out = push_apart(x0, anchor, movable)
+    out = push_apart(x0, ref, movable)
     assert torch.equal(out[0, 0], x0[0, 0]) and torch.equal(out[0, 2], x0[0, 2])
-    gap = (out[0, 1, :, X] - out[0, 0, :, X]) * 10  # m between centres
+    gap = (out[0, 1, :, X] - out[0, 0, :, X]) * DELTA_SCALE_M  # m between centres
     assert (gap > 4.5).all(), gap  # no longer overlapping along the lane
 
 
