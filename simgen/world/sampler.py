@@ -102,6 +102,7 @@ from simgen.world.tokenizer import (
     light_condition,
     map_features,
     reference,
+    sigma_data,
     wrap,
 )
 
@@ -366,7 +367,7 @@ class WorldSampler:
         carry.calls += 1
         B = len(scenes)
         levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, -1)], dim=1)
-        x0, eps = predict_clean(inp.agents, v_agents, levels)
+        x0, eps = predict_clean(inp.agents, v_agents, levels, sigma_data(inp.agent_cond, self.offsets))
         l0, leps = predict_clean(inp.lights, v_lights, levels)
         x0, eps, l0, leps = x0[:, :, H:], eps[:, :, H:], l0[:, :, H:], leps[:, :, H:]
         movable = inp.is_av.logical_not() | self.options.drive_av  # [B, rows]
@@ -616,7 +617,7 @@ class WorldSampler:
                 map_features=feats, map_valid=map_valid, noise_level=level,
                 frame_offsets=self.offsets)
             v_agents, v_lights = self.model.denoiser(inp)
-            x0, eps = predict_clean(agents, v_agents, level)
+            x0, eps = predict_clean(agents, v_agents, level, sigma_data(inp.agent_cond, self.offsets))
             l0, leps = predict_clean(lights, v_lights, level)
             x0 = C.soft_clip(C.keep_valid(x0, is_av))
             if self.on_road is not None:

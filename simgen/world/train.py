@@ -41,7 +41,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from simgen.world.data import ClipDataset, SizedBatches, collate
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
 from simgen.world.diffusion import add_noise, staircase, v_target
-from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, VALID, X, Y, condition_reference
+from simgen.world.tokenizer import DELTA_SCALE_M, HISTORY_OFFSETS, VALID, X, Y, condition_reference, sigma_data
 
 TASK_SHARES = {"uniform": 0.35, "amortized": 0.40, "per_frame": 0.15, "initialize": 0.10}
 AV_GIVEN_P = 0.25
@@ -111,7 +111,8 @@ def corrupt(batch: dict[str, torch.Tensor], generator: torch.Generator | None = 
     channel_mask = agent_loss[..., None] & torch.ones(agents.shape[-1], dtype=torch.bool)
     channel_mask[..., VALID + 1:] &= (agents[..., VALID] > 0)[..., None]
     targets = {
-        "agents": v_target(agents, agent_noise, level), "agent_loss": channel_mask,
+        "agents": v_target(agents, agent_noise, level, sigma_data(agent_cond, frame_offsets(T - H))),
+        "agent_loss": channel_mask,
         "lights": v_target(lights, light_noise, level),
         "light_loss": batch["light_mask"][..., None] & ~light_given & noisy & batch["light_valid"],
     }

@@ -97,6 +97,23 @@ def test_reanchoring_a_noisy_window_is_exact(generator):
     assert alpha_bar(torch.tensor(0.0)) == 1.0
 
 
+def test_prediction_with_a_data_scale_inverts_its_target_and_is_v_prediction_at_unit_scale(generator):
+    """x̂_0 from the exact target is x_0 at every level and data scale; σ_d = 1 is plain v-prediction."""
+    from simgen.world.diffusion import predict_clean, v_target
+
+    x0 = torch.randn(2, 3, 6, 4, generator=generator, dtype=torch.float64) * 0.01
+    noise = torch.randn(2, 3, 6, 4, generator=generator, dtype=torch.float64)
+    level = torch.tensor([[0.0, 0.004, 0.016, 0.25, 0.9, 1.0]]).expand(2, 6)
+    x_t = add_noise(x0, noise, level)
+    for scale in (1.0, 0.003, torch.tensor([0.01, 0.02, 1.0, 3.0], dtype=torch.float64)):
+        back, eps = predict_clean(x_t, v_target(x0, noise, level, scale), level, scale)
+        assert torch.allclose(back, x0, atol=1e-9)
+        assert torch.allclose(eps[:, :, 1:], noise[:, :, 1:], atol=1e-6), "the noise is recovered where there is some"
+    a = alpha_bar(level)[:, None, :, None].double().sqrt()
+    plain = a * noise - (1 - a * a).sqrt() * x0
+    assert torch.allclose(v_target(x0, noise, level)[:, :, 1:], plain[:, :, 1:], atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def batch(world_logs):
     logs = load_logs(world_logs)
