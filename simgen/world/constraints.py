@@ -14,13 +14,14 @@ anchors ``[B, A, 2]``) for the F future frames and return new ones.
    user-fixed agents) by their values, every frame.
 3. ``keep_valid``: force validity on rows that must stay in the scene (the
    WOSAC protocol simulates every agent of the window at every step).
-4. ``OnRoad.project``: vehicles whose box leaves the drivable area at some
+4. ``OnRoad.project``: vehicles (and cyclists riding on the road now: a
+   cyclist on a bike path may stay there) whose box leaves the drivable area at some
    frame are moved, at that frame, toward the nearest driving-lane
    centreline (bisection on the blend: the smallest move that brings all four
    corners inside, heading blended toward the lane's); the displacement is
    spread to the neighbouring frames with weights ``exp(-|Δk| / SPREAD_FRAMES)``
    so the whole trajectory moves. ``OnRoad.outside_boxes`` is the exact
-   executed-frame check (``WorldSampler``): a vehicle still outside after
+   executed-frame check (``WorldSampler``): a vehicle (or such a cyclist) still outside after
    projection holds its previous pose (or, if it just appeared, is not
    spawned), so the constraint holds in every executed frame. A vehicle
    already off the road (a logged one leaving a driveway) may move as long as
@@ -158,10 +159,14 @@ class OnRoad:
         return signed_distance_to_rings(corners, self.a, self.b).reshape(*x0.shape[:3], 4).amax(-1)
 
     def project(self, x0: torch.Tensor, pose: torch.Tensor, anchor: torch.Tensor, lane_local: torch.Tensor,
-                lane_valid: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+                lane_valid: torch.Tensor, movable: torch.Tensor, riders: torch.Tensor | None = None) -> torch.Tensor:
         """Move offroad vehicle tokens of ``movable [B, A]`` rows toward lanes. ``lane_local [B, N, 4]``:
-        driving-lane points (AV frame, m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``."""
-        vehicle = is_vehicle(x0) & movable[..., None]
+        driving-lane points (AV frame, m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``.
+        ``riders [B, A]``: rows of other types held on the road too (cyclists riding on it now)."""
+        vehicle = is_vehicle(x0)
+        if riders is not None:
+            vehicle |= (x0[..., VALID] > 0) & riders[..., None]
+        vehicle &= movable[..., None]
         off = (self.outside(x0, pose, anchor) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
             return x0

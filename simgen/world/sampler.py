@@ -53,9 +53,10 @@ Rows
 The model computes only the rows it needs: rows valid at some context frame
 (occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
 that no agent has ever used (rows are never reused, docs/FORMATS.md). A
-spare row that turns valid is a new agent with a new object id, and its
+spare row that turns valid is a new agent with a new object id, whose
 type and box size come from the model; rows that continue keep their logged
-box size and type. With ``spawn=False`` (the WOSAC
+box size and type, and an agent that turns invalid has left for good (its
+row stays empty). With ``spawn=False`` (the WOSAC
 protocol) the rows are fixed and kept valid.
 """
 
@@ -148,6 +149,7 @@ class Context:
     agents: torch.Tensor  # [B, A, H, AGENT_CHANNELS] context frames of every row
     anchor: torch.Tensor  # [B, A, 2] float64 anchors: positions now, AV frame (m); 0 where not valid now
     anchored: torch.Tensor  # [B, A] valid now
+    riders: torch.Tensor  # [B, A] cyclists on the drivable area now: kept on it like vehicles (constraints, 4)
     lights: torch.Tensor  # [B, S, H, LIGHT_CHANNELS]
     known: torch.Tensor  # [B, S, H] light state known
 
@@ -242,7 +244,17 @@ class WorldSampler:
         state = torch.stack([s.lights.state[:, steps] for s in scenes])
         known = torch.stack([s.lights.valid[:, steps] for s in scenes]) & (state != LightState.UNKNOWN) & inside
         return Context(agents=agents, anchor=anchor, anchored=valid[..., now],
+                       riders=self._riders(stack, types, valid[..., now]),
                        lights=encode_light_states(torch.where(known, state, 0)), known=known)
+
+    def _riders(self, frames: dict[str, torch.Tensor], types: torch.Tensor, now: torch.Tensor) -> torch.Tensor:
+        """``[B, A]`` cyclists whose box is on the drivable area at the last context frame of ``frames [B, A, H]``."""
+        riders = now & (types == AgentType.CYCLIST)
+        if self.on_road is not None and riders.any():
+            b, a = riders.nonzero().unbind(-1)
+            x, y, heading, length, width = (frames[f][b, a, -1] for f in ("x", "y", "heading", "length", "width"))
+            riders[b, a] = self.on_road.outside_boxes(x, y, heading, length, width) <= 0
+        return riders
 
     def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
         """Scene rows the model computes this step (module docstring, "Rows")."""
@@ -364,17 +376,18 @@ class WorldSampler:
         movable = inp.is_av.logical_not() | self.options.drive_av  # [B, rows]
         if given is not None:
             movable &= ~given[0][:, rows].any(-1)
-        x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given, movable)
+        x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given, movable,
+                             context.riders[:, rows])
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
+    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable, riders) -> torch.Tensor:
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
         x0 = C.soft_clip(x0)
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable)
+            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable, riders)
         if self.options.no_overlap:
             x0 = C.push_apart(x0, anchor, movable)
         if given is not None:
@@ -456,14 +469,16 @@ class WorldSampler:
             frame[..., VALID] = 1.0
         plan = carry.av_plan
         actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], frame_anchor[b], pose[b],
-                                carry, None if plan is None else tuple(v[b, 0] for v in plan)) for b in range(B)]
+                                carry, None if plan is None else tuple(v[b, 0] for v in plan), context.riders[b])
+                   for b in range(B)]
         return actions, carry
 
     def _action(self, scene: SceneState, frame: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
                 frame_pose: torch.Tensor, frame_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
-                av_next: tuple[torch.Tensor, ...] | None) -> Action:
+                av_next: tuple[torch.Tensor, ...] | None, riders: torch.Tensor) -> Action:
         """The executed frame (in the AV frame of ``frame_pose``, relative to ``frame_anchor``) of one scene as
-        an ``Action`` for its controlled rows. ``av_next``: the AV's next pose (x, y, heading) from its plan."""
+        an ``Action`` for its controlled rows. ``av_next``: the AV's next pose (x, y, heading) from its plan;
+        ``riders [A]``: ``Context.riders``."""
         t = scene.step
         decoded = decode_agents(frame[:, None], frame_pose, frame_anchor)
         traj, meta = scene.traj, scene.meta
@@ -471,8 +486,9 @@ class WorldSampler:
         controlled[rows] = True
         if not self.options.drive_av:
             controlled &= ~meta.is_av
-        valid = decoded.valid[:, 0] & controlled
-        new = valid & ~traj.valid[:, max(0, t + HISTORY_OFFSETS[0]):t + 1].any(-1)  # a free row turned valid
+        used = traj.valid[:, :t + 1].any(-1)
+        valid = decoded.valid[:, 0] & controlled & (traj.valid[:, t] | ~used)  # an agent that left stays gone
+        new = valid & ~used  # a free row turned valid
         object_id = meta.object_id.clone()
         spawned = new.nonzero().flatten()
         object_id[spawned] = torch.arange(carry.next_object_id, carry.next_object_id + len(spawned))
@@ -498,7 +514,7 @@ class WorldSampler:
                 x[c], y[c], heading[c], traj.x[c, t], traj.y[c, t], traj.heading[c, t],
                 torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1), agent_type[c])
         if self.on_road is not None:  # executed-frame check: a vehicle that would leave the road holds its pose
-            stuck = valid & (agent_type == AgentType.VEHICLE)
+            stuck = valid & ((agent_type == AgentType.VEHICLE) | riders)
             rows_on = stuck.nonzero().flatten()
             after = self.on_road.outside_boxes(x[rows_on], y[rows_on], heading[rows_on], length[rows_on],
                                                width[rows_on])

@@ -2,6 +2,8 @@
 determinism, the WOSAC protocol's fixed rows, hard constraints in every executed frame, and checkpoint
 integrity."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -65,24 +67,32 @@ def test_rollouts_are_deterministic_and_keep_the_protocol_rows(tiny_checkpoint, 
         assert torch.equal(s.traj.x[:, :t0 + 1], log.traj.x[:, :t0 + 1]), "history is untouched"
 
 
-def test_vehicles_stay_on_the_road_in_every_executed_frame(tiny_checkpoint, scene):
+def test_vehicles_and_riding_cyclists_stay_on_the_road_in_every_executed_frame(tiny_checkpoint, scene):
     model = WorldModel.load(tiny_checkpoint)  # barely trained: it proposes off-road boxes all the time
     roadmap, log = scene
-    scenes, _ = run(model, roadmap, mask_future(log), SamplerOptions(spawn=True, drive_av=False))
     on_road = OnRoad(roadmap)
     t0 = log.step
     logged_off = on_road.outside_boxes(log.traj.x[:, t0], log.traj.y[:, t0], log.traj.heading[:, t0],
                                        log.traj.length[:, t0], log.traj.width[:, t0]) > 0
+    riders = (log.traj.valid[:, t0] & ~logged_off & ~log.meta.is_av).nonzero().flatten()[::2]  # ride on the road now
+    assert len(riders) >= 2
+    start = mask_future(log)
+    start = replace(start, meta=replace(start.meta, agent_type=start.meta.agent_type.index_fill(
+        0, riders, int(AgentType.CYCLIST))))
+    scenes, _ = run(model, roadmap, start, SamplerOptions(spawn=True, drive_av=False))
     for s in scenes:
+        road_user = (s.meta.agent_type == AgentType.VEHICLE).index_fill(0, riders, True)  # not spawned cyclists
         for t in range(t0 + 1, t0 + STEPS + 1):
-            v = s.traj.valid[:, t] & (s.meta.agent_type == AgentType.VEHICLE) & ~logged_off
+            v = s.traj.valid[:, t] & road_user & ~logged_off
             d = on_road.outside_boxes(s.traj.x[v, t], s.traj.y[v, t], s.traj.heading[v, t], s.traj.length[v, t],
                                       s.traj.width[v, t])
-            assert (d <= 0).all(), f"vehicle off the road at step {t}: {d.max():.3f} m"
+            assert (d <= 0).all(), f"vehicle or riding cyclist off the road at step {t}: {d.max():.3f} m"
             off = s.traj.valid[:, t] & s.traj.valid[:, t - 1] & (s.meta.agent_type == AgentType.VEHICLE) & logged_off
             now, before = (on_road.outside_boxes(s.traj.x[off, k], s.traj.y[off, k], s.traj.heading[off, k],
                                                  s.traj.length[off, k], s.traj.width[off, k]) for k in (t, t - 1))
             assert ((now <= 0) | (now <= before)).all(), "a vehicle already off the road moved farther off"
+            back = s.traj.valid[:, t] & ~s.traj.valid[:, t - 1] & s.traj.valid[:, :t - 1].any(-1)
+            assert not back.any(), f"an agent that left came back at step {t} (rows are never reused)"
 
 
 def test_fixed_agents_follow_their_trajectories_exactly(tiny_checkpoint, scene):
