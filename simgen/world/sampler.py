@@ -70,7 +70,7 @@ from typing import Literal
 
 import torch
 
-from simgen.types import Action, AgentType, LightState, RoadMap, SceneState
+from simgen.types import DT_S, Action, AgentType, LightState, RoadMap, SceneState
 from simgen.world import constraints as C
 from simgen.world.data import MAX_LIGHTS, SPARE_SLOTS, MapContext
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
@@ -376,18 +376,20 @@ class WorldSampler:
         movable = inp.is_av.logical_not() | self.options.drive_av  # [B, rows]
         if given is not None:
             movable &= ~given[0][:, rows].any(-1)
+        now = context.agents[:, rows, H - 1]
+        facing = torch.stack([now[..., COS], now[..., SIN]], -1) * context.anchored[:, rows, None]
         x0 = self._constrain(x0, pose, context.anchor[:, rows], rows, lanes, lane_valid, given, movable,
-                             context.riders[:, rows])
+                             context.riders[:, rows], facing)
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable, riders) -> torch.Tensor:
+    def _constrain(self, x0, pose, anchor, rows, lanes, lane_valid, given, movable, riders, facing) -> torch.Tensor:
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
         x0 = C.soft_clip(x0)
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable, riders)
+            x0 = self.on_road.project(x0, pose, anchor, lanes, lane_valid, movable, riders, facing)
         if self.options.no_overlap:
             x0 = C.push_apart(x0, anchor, movable)
         if given is not None:
@@ -450,7 +452,9 @@ class WorldSampler:
             window[:, rows] = ddim_step(x0, eps, lower)
             light_window = carry.lights.clone()
             light_window[:, slots] = ddim_step(l0, leps, lower)
-            frame, light_frame, frame_pose, frame_anchor = window[:, :, 0], light_window[:, :, 0], pose, carry.anchor
+            plan = window[:, :, :C.TRACK_FRAMES].clone()  # clean estimates of the next frames (frame 1: executed)
+            plan[:, rows] = x0[:, :, :C.TRACK_FRAMES]
+            light_frame, plan_pose, plan_anchor = light_window[:, :, 0], pose, carry.anchor
             carry.agents = torch.cat([window[:, :, 1:], torch.randn(*window.shape[:2], 1, AGENT_CHANNELS,
                                                                      generator=generator)], dim=2)
             carry.lights = torch.cat([light_window[:, :, 1:], torch.randn(*light_window.shape[:2], 1,
@@ -461,26 +465,28 @@ class WorldSampler:
                 carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator)
                 carry.plan_age = 0
             # the plan stays in the frame of the pose it was made at
-            frame, light_frame, frame_pose, frame_anchor = (carry.plan[:, :, carry.plan_age],
-                                                            carry.plan_lights[:, :, carry.plan_age], carry.pose,
-                                                            carry.anchor)
+            ahead = slice(carry.plan_age, carry.plan_age + C.TRACK_FRAMES)
+            plan, light_frame, plan_pose, plan_anchor = (carry.plan[:, :, ahead].clone(),
+                                                         carry.plan_lights[:, :, carry.plan_age], carry.pose,
+                                                         carry.anchor)
             carry.plan_age += 1
         if not self.options.spawn:
-            frame[..., VALID] = 1.0
-        plan = carry.av_plan
-        actions = [self._action(scenes[b], frame[b], light_frame[b], rows, frame_pose[b], frame_anchor[b], pose[b],
-                                carry, None if plan is None else tuple(v[b, 0] for v in plan), context.riders[b])
+            plan[..., VALID] = 1.0
+        av = carry.av_plan
+        actions = [self._action(scenes[b], plan[b], light_frame[b], rows, plan_pose[b], plan_anchor[b], pose[b],
+                                carry, None if av is None else tuple(v[b, 0] for v in av), context.riders[b])
                    for b in range(B)]
         return actions, carry
 
-    def _action(self, scene: SceneState, frame: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
-                frame_pose: torch.Tensor, frame_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
+    def _action(self, scene: SceneState, plan: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
+                plan_pose: torch.Tensor, plan_anchor: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
                 av_next: tuple[torch.Tensor, ...] | None, riders: torch.Tensor) -> Action:
-        """The executed frame (in the AV frame of ``frame_pose``, relative to ``frame_anchor``) of one scene as
-        an ``Action`` for its controlled rows. ``av_next``: the AV's next pose (x, y, heading) from its plan;
+        """The executed frame of one scene as an ``Action`` for its controlled rows, from the clean ``plan
+        [A, K, C]`` of the next K frames (in the AV frame of ``plan_pose``, relative to ``plan_anchor [A, 2]``; frame
+        1 gives validity, type and size). ``av_next``: the AV's next pose (x, y, heading) from its plan;
         ``riders [A]``: ``Context.riders``."""
         t = scene.step
-        decoded = decode_agents(frame[:, None], frame_pose, frame_anchor)
+        decoded = decode_agents(plan, plan_pose, plan_anchor)
         traj, meta = scene.traj, scene.meta
         controlled = torch.zeros(scene.num_agents, dtype=torch.bool)
         controlled[rows] = True
@@ -508,24 +514,32 @@ class WorldSampler:
         continuing = valid & traj.valid[:, t] & keep
         if self.fixed is not None:
             continuing[self.fixed.rows] = False
-        if continuing.any():
-            c = continuing.nonzero().flatten()
-            x[c], y[c], heading[c] = C.kinematic_limits(
-                x[c], y[c], heading[c], traj.x[c, t], traj.y[c, t], traj.heading[c, t],
-                torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1), agent_type[c])
+        c = continuing.nonzero().flatten()
+        planned = None  # the plan's own next frame within the limits: the second choice of the on-road check
+        if len(c):
+            velocity = torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1)
+            turned = traj.valid[c, max(t - 1, 0)] & (t > 0)
+            yaw_rate = torch.where(turned, wrap(traj.heading[c, t] - traj.heading[c, max(t - 1, 0)]) / DT_S, 0.0)
+            now = (traj.x[c, t], traj.y[c, t], traj.heading[c, t])
+            planned = C.kinematic_limits(x[c], y[c], heading[c], *now, velocity, agent_type[c])
+            tracked = C.track(decoded.x[c].float(), decoded.y[c].float(), decoded.heading[c].float(), *now, velocity,
+                              yaw_rate)
+            x[c], y[c], heading[c] = C.kinematic_limits(*tracked, *now, velocity, agent_type[c])
         if self.on_road is not None:  # executed-frame check: a vehicle that would leave the road holds its pose
-            stuck = valid & ((agent_type == AgentType.VEHICLE) | riders)
-            rows_on = stuck.nonzero().flatten()
-            after = self.on_road.outside_boxes(x[rows_on], y[rows_on], heading[rows_on], length[rows_on],
-                                               width[rows_on])
-            stuck[rows_on] = after > 0
-            was = (stuck & traj.valid[:, t]).nonzero().flatten()  # off the road after: was it off before?
-            if len(was):  # one already off the road may move, but not farther off (e.g. out of a driveway)
-                before = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t],
-                                                    length[was], width[was])
-                stuck[was] = (before <= 0) | (after[torch.searchsorted(rows_on, was)] > before)
+            road_user = valid & ((agent_type == AgentType.VEHICLE) | riders)
             if self.fixed is not None:
-                stuck[self.fixed.rows] = False
+                road_user[self.fixed.rows] = False
+            stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user)
+            retry = (stuck & continuing)[c]
+            if retry.any():  # the tracked frame leaves the road: try the plan's own next frame
+                r = c[retry]
+                second = [v.clone() for v in (x, y, heading)]
+                for v, p in zip(second, planned):
+                    v[r] = p[retry]
+                tried = torch.zeros_like(stuck).index_fill(0, r, True)
+                ok = r[~self._leaves_road(traj, t, *second, length, width, tried)[r]]
+                x[ok], y[ok], heading[ok] = (v[ok] for v in second)
+                stuck[ok] = False
             hold = stuck & traj.valid[:, t]
             x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
                                                                         (traj.heading, heading)))
@@ -541,6 +555,20 @@ class WorldSampler:
         return Action(x=x, y=y, heading=heading, valid=valid, controlled=controlled, length=length, width=width,
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
+
+    def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor) -> torch.Tensor:
+        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]``: a box off the road that
+        was on it at step ``t`` (or is new), or one already off it that gets farther off (e.g. out of a driveway)."""
+        out = rows.clone()
+        on = rows.nonzero().flatten()
+        after = self.on_road.outside_boxes(x[on], y[on], heading[on], length[on], width[on])
+        out[on] = after > 0
+        was = (out & traj.valid[:, t]).nonzero().flatten()
+        if len(was):
+            before = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t], length[was],
+                                                width[was])
+            out[was] = (before <= 0) | (after[torch.searchsorted(on, was)] > before)
+        return out
 
     def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
         """Executed-frame no-overlap check (``constraints`` docstring, 5): rows the model moved into a new

@@ -152,3 +152,41 @@ def test_kinematic_limits_bound_acceleration_speed_and_turning():
     x2, y2, _ = kinematic_limits(prev[:, 0] + prev_vel[:, 0] * 0.1, prev[:, 1] + prev_vel[:, 1] * 0.1, heading,
                                  prev[:, 0], prev[:, 1], heading, prev_vel, kind)
     assert torch.allclose(x2, prev[:, 0] + prev_vel[:, 0] * 0.1, atol=1e-4)
+
+
+def test_track_follows_a_smooth_plan_exactly_and_averages_out_plan_noise():
+    from simgen.world.constraints import TRACK_FRAMES, track
+
+    g = torch.Generator().manual_seed(0)
+    n = 500
+    prev = torch.randn(n, 2, generator=g, dtype=torch.float64) * 50
+    vel = torch.randn(n, 2, generator=g, dtype=torch.float64) * 5
+    accel = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    heading, yaw_rate, yaw_accel = (torch.randn(n, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.arange(1, TRACK_FRAMES + 1, dtype=torch.float64) * 0.1
+    plan = prev[:, None] + vel[:, None] * t[:, None] + accel[:, None] * (t * t / 2)[:, None]  # [n, K, 2]
+    plan_heading = heading[:, None] + yaw_rate[:, None] * t + yaw_accel[:, None] * t * t / 2
+    x, y, h = track(plan[..., 0], plan[..., 1], plan_heading, prev[:, 0], prev[:, 1], heading, vel, yaw_rate)
+    assert torch.allclose(x, plan[:, 0, 0]) and torch.allclose(y, plan[:, 0, 1])
+    assert torch.allclose(h, plan_heading[:, 0])
+    # 5 cm of independent noise per planned frame: executing frame 1 as planned would be an acceleration error of
+    # about 0.05 / 0.1² = 5 m/s²; following the plan's fit is many times smaller
+    noisy = plan + torch.randn(n, TRACK_FRAMES, 2, generator=g, dtype=torch.float64) * 0.05
+    x, y, _ = track(noisy[..., 0], noisy[..., 1], plan_heading, prev[:, 0], prev[:, 1], heading, vel, yaw_rate)
+    error = ((torch.stack([x, y], -1) - plan[:, 0]) / 0.01).norm(dim=-1)  # m/s² error of the executed step
+    direct = ((noisy[:, 0] - plan[:, 0]) / 0.01).norm(dim=-1)
+    assert error.mean() < direct.mean() / 10
+
+
+def test_projection_turns_lanes_to_the_known_heading_not_a_noisy_token():
+    from simgen.world.constraints import _nearest_lane
+    from simgen.world.tokenizer import AGENT_CHANNELS, COS
+
+    x0 = torch.zeros(1, 1, 3, AGENT_CHANNELS)
+    x0[..., COS] = -1.0  # a noisy token facing backwards
+    lanes = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])  # one lane point, direction +x (cos, sin)
+    anchor = torch.zeros(1, 1, 2, dtype=torch.float64)
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    assert (_nearest_lane(x0, anchor, lanes, valid)[..., 3] == -1).all()  # unknown heading: the token's side
+    known = torch.tensor([[[0.9, 0.1]]])  # the agent drives +x now
+    assert (_nearest_lane(x0, anchor, lanes, valid, known)[..., 3] == 1).all()
