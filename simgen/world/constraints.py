@@ -15,17 +15,19 @@ anchors ``[B, A, 2]``) for the F future frames and return new ones.
 3. ``keep_valid``: force validity on rows that must stay in the scene (the
    WOSAC protocol simulates every agent of the window at every step).
 4. ``OnRoad.project``: vehicles (and cyclists riding on the road now: a
-   cyclist on a bike path may stay there) whose box leaves the drivable area at some
-   frame are moved, at that frame, toward the nearest driving-lane
+   cyclist on a bike path may stay there) whose box leaves the drivable area
+   at some frame are moved, at that frame, toward the nearest driving-lane
    centreline (bisection on the blend: the smallest move that brings all four
-   corners inside, heading blended toward the lane's); the displacement is
-   spread to the neighbouring frames with weights ``exp(-|Δk| / SPREAD_FRAMES)``
-   so the whole trajectory moves. ``OnRoad.outside_boxes`` is the exact
-   executed-frame check (``WorldSampler``): a vehicle (or such a cyclist) still outside after
-   projection holds its previous pose (or, if it just appeared, is not
-   spawned), so the constraint holds in every executed frame. A vehicle
-   already off the road (a logged one leaving a driveway) may move as long as
-   it gets no farther off (on the distance raster).
+   corners inside, heading blended toward the lane's direction on the side
+   the agent faces now); the displacement is spread to the neighbouring
+   frames with weights ``exp(-|Δk| / SPREAD_FRAMES)`` so the whole trajectory
+   moves. ``OnRoad.outside_boxes`` is the exact executed-frame check
+   (``WorldSampler``): where the executed frame (6) would leave the road, the
+   plan's own next frame (within the limits) is tried, and an agent still
+   outside holds its previous pose (or, if it just appeared, is not spawned),
+   so the constraint holds in every executed frame. A vehicle already off the
+   road (a logged one leaving a driveway) may move as long as it gets no
+   farther off.
 5. ``push_apart``: boxes that overlap at a frame are pushed apart. Each box
    is covered by ``CIRCLES`` discs along its length; every overlapping pair
    of agents moves apart along the line between their deepest-overlapping

@@ -515,13 +515,15 @@ class WorldSampler:
         if self.fixed is not None:
             continuing[self.fixed.rows] = False
         c = continuing.nonzero().flatten()
-        planned = None  # the plan's own next frame within the limits: the second choice of the on-road check
+        planned = None  # poses [A]: the plan's own next frame within the limits, the on-road check's second choice
         if len(c):
             velocity = torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1)
             turned = traj.valid[c, max(t - 1, 0)] & (t > 0)
             yaw_rate = torch.where(turned, wrap(traj.heading[c, t] - traj.heading[c, max(t - 1, 0)]) / DT_S, 0.0)
             now = (traj.x[c, t], traj.y[c, t], traj.heading[c, t])
-            planned = C.kinematic_limits(x[c], y[c], heading[c], *now, velocity, agent_type[c])
+            planned = [v.clone() for v in (x, y, heading)]
+            for v, p in zip(planned, C.kinematic_limits(x[c], y[c], heading[c], *now, velocity, agent_type[c])):
+                v[c] = p
             tracked = C.track(decoded.x[c].float(), decoded.y[c].float(), decoded.heading[c].float(), *now, velocity,
                               yaw_rate)
             x[c], y[c], heading[c] = C.kinematic_limits(*tracked, *now, velocity, agent_type[c])
@@ -530,16 +532,11 @@ class WorldSampler:
             if self.fixed is not None:
                 road_user[self.fixed.rows] = False
             stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user)
-            retry = (stuck & continuing)[c]
-            if retry.any():  # the tracked frame leaves the road: try the plan's own next frame
-                r = c[retry]
-                second = [v.clone() for v in (x, y, heading)]
-                for v, p in zip(second, planned):
-                    v[r] = p[retry]
-                tried = torch.zeros_like(stuck).index_fill(0, r, True)
-                ok = r[~self._leaves_road(traj, t, *second, length, width, tried)[r]]
-                x[ok], y[ok], heading[ok] = (v[ok] for v in second)
-                stuck[ok] = False
+            retry = stuck & continuing
+            if planned is not None and retry.any():  # the tracked frame leaves the road: try the planned one
+                ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry)
+                x, y, heading = (torch.where(ok, p, v) for p, v in zip(planned, (x, y, heading)))
+                stuck &= ~ok
             hold = stuck & traj.valid[:, t]
             x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
                                                                         (traj.heading, heading)))
