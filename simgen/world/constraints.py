@@ -16,6 +16,8 @@ anchors ``[B, A, 2]``) for the F future frames and return new ones.
    WOSAC protocol simulates every agent of the window at every step).
 4. ``OnRoad.project``: vehicles (and cyclists riding on the road now: a
    cyclist on a bike path may stay there) whose box leaves the drivable area
+   (for vehicles, comes within ``ROAD_MARGIN_M`` of its edge; cyclists ride at
+   the edge itself and may graze the kerb by ``RIDER_SLACK_M``)
    at some frame are moved, at that frame, toward the nearest driving-lane
    centreline (bisection on the blend: the smallest move that brings all four
    corners inside, heading blended toward the lane's direction on the side
@@ -84,7 +86,8 @@ from simgen.world.tokenizer import (
 
 SPREAD_FRAMES = 3.0
 BISECTION_STEPS = 6
-ROAD_MARGIN_M = 0.3  # in denoising, corners are kept this far inside the (rastered) road edge
+ROAD_MARGIN_M = 0.3  # in denoising, vehicle corners are kept this far inside the (rastered) road edge
+RIDER_SLACK_M = 0.1  # cyclists on the road: corners at most this far outside its edge (both checks)
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
 RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
@@ -174,21 +177,23 @@ class OnRoad:
         ``riders [B, A]``: rows of other types held on the road too (cyclists riding on it now). ``facing [B, A, 2]``:
         (cos, sin) of the rows' known heading now (AV frame; 0 where unknown), which picks the lane direction."""
         vehicle = is_vehicle(x0)
+        margin = torch.where(vehicle, ROAD_MARGIN_M, -RIDER_SLACK_M)  # [B, A, F] m inside the edge
         if riders is not None:
             vehicle |= (x0[..., VALID] > 0) & riders[..., None]
         vehicle &= movable[..., None]
-        off = (self.outside(x0, pose, anchor) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
+        off = (self.outside(x0, pose, anchor) > -margin) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
             return x0
         b, a, f = off.nonzero().unbind(-1)
         tokens = x0[b, a, f][:, None, None]  # [n, 1, 1, C]: only the offroad tokens are searched
         token_anchor = anchor[b, a][:, None]  # [n, 1, 2]
+        token_margin = margin[b, a, f][:, None, None]
         target = _nearest_lane(x0, anchor, lane_local, lane_valid, facing)[b, a, f][:, None, None]  # [n, 1, 1, 4]
         lo = torch.zeros(len(b), 1, 1, dtype=x0.dtype)
         hi = torch.ones_like(lo)
         for _ in range(BISECTION_STEPS):  # smallest blend that is inside (monotone enough in practice)
             mid = (lo + hi) / 2
-            inside = self.outside(_blend(tokens, target, mid), pose[b], token_anchor) <= -ROAD_MARGIN_M
+            inside = self.outside(_blend(tokens, target, mid), pose[b], token_anchor) <= -token_margin
             hi = torch.where(inside, mid, hi)
             lo = torch.where(inside, lo, mid)
         moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]

@@ -253,7 +253,7 @@ class WorldSampler:
         if self.on_road is not None and riders.any():
             b, a = riders.nonzero().unbind(-1)
             x, y, heading, length, width = (frames[f][b, a, -1] for f in ("x", "y", "heading", "length", "width"))
-            riders[b, a] = self.on_road.outside_boxes(x, y, heading, length, width) <= 0
+            riders[b, a] = self.on_road.outside_boxes(x, y, heading, length, width) <= C.RIDER_SLACK_M
         return riders
 
     def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
@@ -531,10 +531,11 @@ class WorldSampler:
             road_user = valid & ((agent_type == AgentType.VEHICLE) | riders)
             if self.fixed is not None:
                 road_user[self.fixed.rows] = False
-            stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user)
+            slack = torch.where(agent_type == AgentType.VEHICLE, 0.0, C.RIDER_SLACK_M)
+            stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user, slack)
             retry = stuck & continuing
             if planned is not None and retry.any():  # the tracked frame leaves the road: try the planned one
-                ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry)
+                ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry, slack)
                 x, y, heading = (torch.where(ok, p, v) for p, v in zip(planned, (x, y, heading)))
                 stuck &= ~ok
             hold = stuck & traj.valid[:, t]
@@ -553,18 +554,20 @@ class WorldSampler:
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
 
-    def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor) -> torch.Tensor:
-        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]``: a box off the road that
-        was on it at step ``t`` (or is new), or one already off it that gets farther off (e.g. out of a driveway)."""
+    def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor,
+                     slack: torch.Tensor) -> torch.Tensor:
+        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]``: a box more than
+        ``slack [A]`` (m) off the road that was within it at step ``t`` (or is new), or one already farther off that
+        gets farther still (e.g. out of a driveway)."""
         out = rows.clone()
         on = rows.nonzero().flatten()
         after = self.on_road.outside_boxes(x[on], y[on], heading[on], length[on], width[on])
-        out[on] = after > 0
+        out[on] = after > slack[on]
         was = (out & traj.valid[:, t]).nonzero().flatten()
         if len(was):
             before = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t], length[was],
                                                 width[was])
-            out[was] = (before <= 0) | (after[torch.searchsorted(on, was)] > before)
+            out[was] = (before <= slack[was]) | (after[torch.searchsorted(on, was)] > before)
         return out
 
     def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
