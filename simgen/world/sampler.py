@@ -52,8 +52,11 @@ Rows
 
 The model computes only the rows it needs: rows valid at some context frame
 (occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
-that no agent has ever used (rows are never reused, docs/FORMATS.md). A
-spare row that turns valid is a new agent with a new object id, whose
+that no agent has ever used (rows are never reused, docs/FORMATS.md).
+Validity is read from the plan's next ``TRACK_FRAMES`` frames (0.5 s), like
+the executed pose: a row is present when their mean validity is positive,
+so a one-frame validity blip neither spawns nor removes an
+agent. A spare row that turns valid is a new agent with a new object id, whose
 type and box size come from the model; rows that continue keep their logged
 box size and type, and an agent that turns invalid has left for good (its
 row stays empty). With ``spawn=False`` (the WOSAC
@@ -493,7 +496,8 @@ class WorldSampler:
         if not self.options.drive_av:
             controlled &= ~meta.is_av
         used = traj.valid[:, :t + 1].any(-1)
-        valid = decoded.valid[:, 0] & controlled & (traj.valid[:, t] | ~used)  # an agent that left stays gone
+        present = plan[:, :, VALID].mean(-1) > 0  # the plan's next 0.5 s, not a one-frame blip (docstring)
+        valid = present & controlled & (traj.valid[:, t] | ~used)  # an agent that left stays gone
         new = valid & ~used  # a free row turned valid
         object_id = meta.object_id.clone()
         spawned = new.nonzero().flatten()

@@ -215,3 +215,34 @@ def test_on_road_check_has_the_exact_sign(scene):
     assert ((fast > 0) == (exact > 0)).all()
     assert 0.2 < (exact > 0).float().mean() < 0.8  # boxes on both sides of the edge were tested
     assert (exact.abs() < 0.75).float().mean() > 0.1  # many of them where the raster alone could be wrong
+
+
+def test_agents_enter_and_leave_on_the_plans_next_half_second_not_a_one_frame_blip(tiny_checkpoint, scene):
+    """A free row whose plan is valid only in its next frame is not spawned; one valid over the next 0.5 s is. An
+    agent whose plan drops it for one frame stays; one the plan has gone for 0.5 s leaves."""
+    from simgen.world import constraints as C
+    from simgen.world.tokenizer import VALID, encode_agents
+
+    roadmap, log = scene
+    sampler = WorldSampler(WorldModel.load(tiny_checkpoint), roadmap,
+                           SamplerOptions(spawn=True, on_road=False, no_overlap=False))
+    start = mask_future(log)
+    t, traj = start.step, start.traj
+    present = traj.valid[:, t] & ~start.meta.is_av
+    free = ~traj.valid[:, :t + 1].any(-1)
+    stay, leave = present.nonzero().flatten()[:2].tolist()
+    blip, enter = free.nonzero().flatten()[:2].tolist()
+    carry = sampler.start([start], torch.Generator().manual_seed(0))
+    K = C.TRACK_FRAMES
+    keep = lambda v: v[:, t, None].expand(-1, K)  # noqa: E731  every row holds its pose over the plan
+    size = torch.stack([traj.length[:, t], traj.width[:, t], traj.height[:, t]], -1)[:, None].expand(-1, K, 3)
+    plan = encode_agents(keep(traj.x).double(), keep(traj.y).double(), keep(traj.heading).double(), size,
+                         start.meta.agent_type, torch.ones(start.num_agents, K, dtype=torch.bool), carry.pose[0],
+                         carry.anchor[0]).float()
+    plan[[stay, leave, blip, enter], :, VALID] = torch.tensor([[-1.0, 1, 1, 1, 1], [1.0, -1, -1, -1, -1],
+                                                               [1.0, -1, -1, -1, -1], [1.0, 1, 1, 1, 1]])
+    action = sampler._action(start, plan, torch.zeros(start.lights.num_slots, 3), torch.arange(start.num_agents),
+                             carry.pose[0], carry.anchor[0], carry.pose[0], carry, None,
+                             torch.zeros(start.num_agents, dtype=torch.bool))
+    assert action.valid[stay] and not action.valid[leave]
+    assert action.valid[enter] and not action.valid[blip]
