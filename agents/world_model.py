@@ -10,7 +10,9 @@
 - Role ``world``: the model drives every row but the AV's, spawns agents into
   free rows and removes them through validity. It sees the AV through its
   executed history and, when the AV policy offers one, its plan for the
-  window (``observe_plan``), which is inpainted as the AV's future.
+  window (``observe_plan``), which is inpainted as the AV's future. As in
+  every world of this role (and in logged trips, docs/FORMATS.md), agents
+  beyond ``radius_m`` of the AV leave the scene.
 
 ``rollouts(start, count, generator)`` runs ``count`` rollouts of one scene as
 one batch (one denoiser call per step for all of them); ``simgen eval`` uses
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from simgen.agents.base import WORLDS, PolicyContext
+from simgen.agents.base import WORLDS, PolicyContext, within_radius
 from simgen.sim.env import step as env_step
 from simgen.types import Action, SceneState
 from simgen.world.sampler import SamplerOptions, WorldModel, WorldSampler
@@ -64,7 +66,10 @@ class WorldModelWorld:
 
     def act(self, scene: SceneState, state: Any, generator: torch.Generator) -> tuple[Action, Any]:
         actions, state = self.sampler.step([scene], state, generator)
-        return actions[0], state
+        action = actions[0]
+        if self.ctx.role == "world":
+            action = action.replace(valid=action.valid & within_radius(scene, action.x, action.y, self.ctx.radius_m))
+        return action, state
 
     def rollouts(self, start: SceneState, count: int, steps: int, generator: torch.Generator) -> list[SceneState]:
         """``count`` rollouts of ``start`` for ``steps`` steps, batched; the model drives every row it controls

@@ -127,6 +127,22 @@ def test_world_model_world_and_checkpoint_integrity(tiny_checkpoint, scene, tmp_
                     sampler="fast")
 
 
+def test_agents_beyond_the_radius_leave_the_world_models_scene(tiny_checkpoint, scene):
+    roadmap, log = scene
+    start = mask_future(log)
+    t, traj, av = start.step, start.traj, start.av_index
+    distance = torch.hypot(traj.x[:, t] - traj.x[av, t], traj.y[:, t] - traj.y[av, t])
+    radius = float(distance[traj.valid[:, t]].median())  # about half the agents are beyond it now
+    assert (traj.valid[:, t] & (distance > radius + 2.0)).any()
+    world = make_policy("world_model", PolicyContext(roadmap=roadmap, role="world", log=log, radius_m=radius),
+                        checkpoint=str(tiny_checkpoint))
+    generator = torch.Generator().manual_seed(0)
+    action, _ = world.act(start, world.reset(start, generator), generator)
+    moved = action.valid & action.controlled
+    assert moved.any()
+    assert (torch.hypot(action.x - traj.x[av, t], action.y - traj.y[av, t])[moved] <= radius + 1.0).all()
+
+
 def test_eval_scores_a_checkpoint_and_names_samplers(tiny_checkpoint, world_logs):
     from simgen.metrics.evaluate import EvalError, evaluate_worlds, world_spec
 
