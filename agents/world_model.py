@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from simgen.agents.base import WORLDS, PolicyContext, within_radius
+from simgen.agents.base import WORLDS, PolicyContext, leave_radius
 from simgen.sim.env import step as env_step
 from simgen.types import Action, SceneState
 from simgen.world.sampler import SamplerOptions, WorldModel, WorldSampler
@@ -66,10 +66,7 @@ class WorldModelWorld:
 
     def act(self, scene: SceneState, state: Any, generator: torch.Generator) -> tuple[Action, Any]:
         actions, state = self.sampler.step([scene], state, generator)
-        action = actions[0]
-        if self.ctx.role == "world":
-            action = action.replace(valid=action.valid & within_radius(scene, action.x, action.y, self.ctx.radius_m))
-        return action, state
+        return leave_radius(self.ctx, scene, actions[0]), state
 
     def rollouts(self, start: SceneState, count: int, steps: int, generator: torch.Generator) -> list[SceneState]:
         """``count`` rollouts of ``start`` for ``steps`` steps, batched; the model drives every row it controls

@@ -519,15 +519,12 @@ class WorldSampler:
         if self.fixed is not None:
             continuing[self.fixed.rows] = False
         c = continuing.nonzero().flatten()
-        planned = None  # poses [A]: the plan's own next frame within the limits, the on-road check's second choice
+        frame = (x.clone(), y.clone(), heading.clone())  # the plan's own next frame: the on-road check's 2nd choice
         if len(c):
             velocity = torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1)
             turned = traj.valid[c, max(t - 1, 0)] & (t > 0)
             yaw_rate = torch.where(turned, wrap(traj.heading[c, t] - traj.heading[c, max(t - 1, 0)]) / DT_S, 0.0)
             now = (traj.x[c, t], traj.y[c, t], traj.heading[c, t])
-            planned = [v.clone() for v in (x, y, heading)]
-            for v, p in zip(planned, C.kinematic_limits(x[c], y[c], heading[c], *now, velocity, agent_type[c])):
-                v[c] = p
             tracked = C.track(decoded.x[c].float(), decoded.y[c].float(), decoded.heading[c].float(), *now, velocity,
                               yaw_rate)
             x[c], y[c], heading[c] = C.kinematic_limits(*tracked, *now, velocity, agent_type[c])
@@ -538,7 +535,10 @@ class WorldSampler:
             slack = torch.where(agent_type == AgentType.VEHICLE, 0.0, C.RIDER_SLACK_M)
             stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user, slack)
             retry = stuck & continuing
-            if planned is not None and retry.any():  # the tracked frame leaves the road: try the planned one
+            if retry.any():  # the tracked frame leaves the road: try the plan's next frame within the limits
+                planned = [v.clone() for v in frame]
+                for v, p in zip(planned, C.kinematic_limits(*(v[c] for v in frame), *now, velocity, agent_type[c])):
+                    v[c] = p
                 ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry, slack)
                 x, y, heading = (torch.where(ok, p, v) for p, v in zip(planned, (x, y, heading)))
                 stuck &= ~ok
