@@ -110,9 +110,14 @@ def as_world(ctx: PolicyContext, scene: SceneState, action: Action) -> Action:
     ``radius_m`` of the AV."""
     if ctx.role == "av":
         return action
-    if ctx.role == "world":
-        action = action.replace(valid=action.valid & within_radius(scene, action.x, action.y, ctx.radius_m))
-    return action.replace(light_state=program_lights(ctx.roadmap, scene))
+    return leave_radius(ctx, scene, action).replace(light_state=program_lights(ctx.roadmap, scene))
+
+
+def leave_radius(ctx: PolicyContext, scene: SceneState, action: Action) -> Action:
+    """In role ``world``, the agents of ``action`` beyond ``radius_m`` of the AV leave the scene (as logs define it)."""
+    if ctx.role != "world":
+        return action
+    return action.replace(valid=action.valid & within_radius(scene, action.x, action.y, ctx.radius_m))
 
 
 def program_lights(roadmap: RoadMap, scene: SceneState) -> torch.Tensor:

@@ -12,7 +12,8 @@
   executed history and, when the AV policy offers one, its plan for the
   window (``observe_plan``), which is inpainted as the AV's future. As in
   every world of this role (and in logged trips, docs/FORMATS.md), agents
-  beyond ``radius_m`` of the AV leave the scene.
+  beyond ``radius_m`` of the AV leave the scene, and new agents enter only
+  at its edge, within ``ENTRY_BAND_M`` of ``radius_m`` (``simgen.world.sampler``).
 
 ``rollouts(start, count, generator)`` runs ``count`` rollouts of one scene as
 one batch (one denoiser call per step for all of them); ``simgen eval`` uses
@@ -27,10 +28,10 @@ from typing import Any
 
 import torch
 
-from simgen.agents.base import WORLDS, PolicyContext, within_radius
+from simgen.agents.base import WORLDS, PolicyContext, leave_radius
 from simgen.sim.env import step as env_step
 from simgen.types import Action, SceneState
-from simgen.world.sampler import SamplerOptions, WorldModel, WorldSampler
+from simgen.world.sampler import ENTRY_BAND_M, SamplerOptions, WorldModel, WorldSampler
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "world" / "world.pt"
 
@@ -51,8 +52,10 @@ class WorldModelWorld:
         self.ctx = ctx
         model = _load(str(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT))
         protocol = ctx.role == "all"
+        edge = max(ctx.radius_m - ENTRY_BAND_M, 0.0) if ctx.role == "world" else 0.0  # agents enter at the edge
         options = SamplerOptions(kind=sampler, full_steps=full_steps, replan_every=replan_every,
-                                 spawn=not protocol, drive_av=protocol, model_lights=lights == "model")
+                                 spawn=not protocol, drive_av=protocol, model_lights=lights == "model",
+                                 enter_beyond_m=edge)
         self.sampler = WorldSampler(model, ctx.roadmap, options, context=_map_context(ctx.roadmap))
         self.plan_horizon = 0 if protocol else model.future  # steps of the AV's plan to inpaint
 
@@ -66,10 +69,7 @@ class WorldModelWorld:
 
     def act(self, scene: SceneState, state: Any, generator: torch.Generator) -> tuple[Action, Any]:
         actions, state = self.sampler.step([scene], state, generator)
-        action = actions[0]
-        if self.ctx.role == "world":
-            action = action.replace(valid=action.valid & within_radius(scene, action.x, action.y, self.ctx.radius_m))
-        return action, state
+        return leave_radius(self.ctx, scene, actions[0]), state
 
     def rollouts(self, start: SceneState, count: int, steps: int, generator: torch.Generator) -> list[SceneState]:
         """``count`` rollouts of ``start`` for ``steps`` steps, batched; the model drives every row it controls

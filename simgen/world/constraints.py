@@ -9,13 +9,20 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    soft clipping): tokens predicted invalid fade to zero features, tokens
    predicted valid (``valid >= 0``) keep theirs. Scaling those by the validity
    probability itself would shrink every deviation from the reference line at
-   each of the many calls a frame goes through.
+   each of the many calls a frame goes through. The positions of rows without
+   an anchor (free rows that may spawn an agent) are not scaled: they are
+   absolute AV-frame positions, and zero is the AV itself, where no agent
+   enters. Scaling them pulled every would-be new agent onto the AV at each
+   call, and the model then judged it invalid (measured on Berlin trip 0: no
+   agent entered in 60 s; the log has 27).
 2. ``inpaint``: replace the tokens of given trajectories (the AV's plan,
    user-fixed agents) by their values, every frame.
 3. ``keep_valid``: force validity on rows that must stay in the scene (the
    WOSAC protocol simulates every agent of the window at every step).
 4. ``OnRoad.project``: vehicles (and cyclists riding on the road now: a
    cyclist on a bike path may stay there) whose box leaves the drivable area
+   (for vehicles, comes within ``ROAD_MARGIN_M`` of its edge; cyclists ride at
+   the edge itself and may graze the kerb by ``RIDER_SLACK_M``)
    at some frame are moved, at that frame, toward the nearest driving-lane
    centreline (bisection on the blend: the smallest move that brings all four
    corners inside, heading blended toward the lane's direction on the side
@@ -84,7 +91,8 @@ from simgen.world.tokenizer import (
 
 SPREAD_FRAMES = 3.0
 BISECTION_STEPS = 6
-ROAD_MARGIN_M = 0.3  # in denoising, corners are kept this far inside the (rastered) road edge
+ROAD_MARGIN_M = 0.3  # in denoising, vehicle corners are kept this far inside the (rastered) road edge
+RIDER_SLACK_M = 0.1  # cyclists on the road: corners at most this far outside its edge (both checks)
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
 RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
@@ -98,9 +106,12 @@ SPEED_LIMIT = torch.tensor([40.0, 40.0, 4.0, 12.0])  # m/s
 YAW_RATE_LIMIT = torch.tensor([1.5, 1.5, 6.0, 3.0])  # rad/s
 
 
-def soft_clip(x0: torch.Tensor) -> torch.Tensor:
+def soft_clip(x0: torch.Tensor, anchored: torch.Tensor) -> torch.Tensor:
+    """``anchored [B, A]`` bool: rows whose positions are relative to a reference line (module docstring, 1)."""
     p = (x0[..., VALID] + 1).clamp(0, 1)[..., None]
-    return torch.cat([x0[..., :1], x0[..., 1:] * p], dim=-1)
+    out = torch.cat([x0[..., :1], x0[..., 1:] * p], dim=-1)
+    out[..., X:Y + 1] = torch.where(anchored[..., None, None], out[..., X:Y + 1], x0[..., X:Y + 1])
+    return out
 
 
 def inpaint(x0: torch.Tensor, given: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -174,21 +185,23 @@ class OnRoad:
         ``riders [B, A]``: rows of other types held on the road too (cyclists riding on it now). ``facing [B, A, 2]``:
         (cos, sin) of the rows' known heading now (AV frame; 0 where unknown), which picks the lane direction."""
         vehicle = is_vehicle(x0)
+        margin = torch.where(vehicle, ROAD_MARGIN_M, -RIDER_SLACK_M)  # [B, A, F] m inside the edge
         if riders is not None:
             vehicle |= (x0[..., VALID] > 0) & riders[..., None]
         vehicle &= movable[..., None]
-        off = (self.outside(x0, pose, ref) > -ROAD_MARGIN_M) & vehicle  # [B, A, F]
+        off = (self.outside(x0, pose, ref) > -margin) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
             return x0
         b, a, f = off.nonzero().unbind(-1)
         tokens = x0[b, a, f][:, None, None]  # [n, 1, 1, C]: only the offroad tokens are searched
         token_ref = ref[b, a, f][:, None, None]  # [n, 1, 1, 2]
+        token_margin = margin[b, a, f][:, None, None]
         target = _nearest_lane(x0, ref, lane_local, lane_valid, facing)[b, a, f][:, None, None]  # [n, 1, 1, 4]
         lo = torch.zeros(len(b), 1, 1, dtype=x0.dtype)
         hi = torch.ones_like(lo)
         for _ in range(BISECTION_STEPS):  # smallest blend that is inside (monotone enough in practice)
             mid = (lo + hi) / 2
-            inside = self.outside(_blend(tokens, target, mid), pose[b], token_ref) <= -ROAD_MARGIN_M
+            inside = self.outside(_blend(tokens, target, mid), pose[b], token_ref) <= -token_margin
             hi = torch.where(inside, mid, hi)
             lo = torch.where(inside, lo, mid)
         moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]
@@ -345,6 +358,9 @@ def _nearest_lane(x0: torch.Tensor, ref: torch.Tensor, lanes: torch.Tensor, vali
     d = torch.where(valid[:, None], d, math.inf)
     index = d.argmin(-1)  # [B, AF]
     picked = torch.gather(lanes, 1, index[..., None].expand(-1, -1, 4)).reshape(B, A, F, 4).clone()
+    # the foot of the perpendicular on the lane's line through that point: no move along the lane
+    along = ((pos.reshape(B, A, F, 2) - picked[..., :2]) * picked[..., 2:]).sum(-1, keepdim=True)
+    picked[..., :2] = picked[..., :2] + along * picked[..., 2:]
     picked[..., :2] = (picked[..., :2] * POS_SCALE_M - ref.float()) / DELTA_SCALE_M
     own = torch.stack([x0[..., COS], x0[..., SIN]], -1)
     if facing is not None:

@@ -52,12 +52,22 @@ Rows
 
 The model computes only the rows it needs: rows valid at some context frame
 (occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
-that no agent has ever used (rows are never reused, docs/FORMATS.md). A
-spare row that turns valid is a new agent with a new object id, whose
+that no agent has ever used (rows are never reused, docs/FORMATS.md).
+Validity is read from the plan's next ``TRACK_FRAMES`` frames (0.5 s), like
+the executed pose: a row is present when their mean validity is positive,
+so a one-frame validity blip neither spawns nor removes an
+agent. A spare row that turns valid is a new agent with a new object id, whose
 type and box size come from the model; rows that continue keep their logged
 box size and type, and an agent that turns invalid has left for good (its
-row stays empty). With ``spawn=False`` (the WOSAC
-protocol) the rows are fixed and kept valid.
+row stays empty). On trips (``enter_beyond_m``, set by the world-model world
+to ``radius_m - ENTRY_BAND_M``) a new agent appears only at the window's edge,
+as in the logs, which crop the city to the window: an agent enters it by
+crossing its edge (Berlin trip 0: all 27 logged entries at 58-60 m from the
+AV). The model's own entry positions spread over 5-60 m; agents popping up
+near the AV made the trips' entering-distance JSD 0.92 and their collision
+JSD 0.39 (the logged AV drives into them), against 0.01 and 0.06 with the
+rule. With ``spawn=False`` (the WOSAC protocol) the rows are fixed and kept
+valid.
 """
 
 from __future__ import annotations
@@ -109,6 +119,7 @@ from simgen.world.tokenizer import (
 
 SamplerKind = Literal["amortized", "full"]
 FULL_STEPS = 16
+ENTRY_BAND_M = 5.0  # trips: new agents appear within this distance of the window's edge (docstring, Rows)
 
 
 class CheckpointError(ValueError):
@@ -197,6 +208,7 @@ class SamplerOptions:
     model_lights: bool = True  # False: light states are given (e.g. SUMO's programs), not generated
     on_road: bool = True
     no_overlap: bool = True
+    enter_beyond_m: float = 0.0  # a new agent appears at least this far from the AV (the window's edge); 0: anywhere
 
 
 class WorldSampler:
@@ -260,7 +272,7 @@ class WorldSampler:
         if self.on_road is not None and riders.any():
             b, a = riders.nonzero().unbind(-1)
             x, y, heading, length, width = (frames[f][b, a, -1] for f in ("x", "y", "heading", "length", "width"))
-            riders[b, a] = self.on_road.outside_boxes(x, y, heading, length, width) <= 0
+            riders[b, a] = self.on_road.outside_boxes(x, y, heading, length, width) <= C.RIDER_SLACK_M
         return riders
 
     def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
@@ -387,16 +399,17 @@ class WorldSampler:
             movable &= ~given[0][:, rows].any(-1)
         now = context.agents[:, rows, H - 1]
         facing = torch.stack([now[..., COS], now[..., SIN]], -1) * context.anchored[:, rows, None]
-        x0 = self._constrain(x0, pose, context.ref[:, rows, H:], rows, lanes, lane_valid, given, movable,
-                             context.riders[:, rows], facing)
+        x0 = self._constrain(x0, pose, context.ref[:, rows, H:], context.anchored[:, rows], rows, lanes, lane_valid,
+                             given, movable, context.riders[:, rows], facing)
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, ref, rows, lanes, lane_valid, given, movable, riders, facing) -> torch.Tensor:
+    def _constrain(self, x0, pose, ref, anchored, rows, lanes, lane_valid, given, movable, riders, facing
+                   ) -> torch.Tensor:
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
-        x0 = C.soft_clip(x0)
+        x0 = C.soft_clip(x0, anchored)
         if self.on_road is not None:
             x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable, riders, facing)
         if self.options.no_overlap:
@@ -504,8 +517,14 @@ class WorldSampler:
         if not self.options.drive_av:
             controlled &= ~meta.is_av
         used = traj.valid[:, :t + 1].any(-1)
-        valid = decoded.valid[:, 0] & controlled & (traj.valid[:, t] | ~used)  # an agent that left stays gone
+        present = plan[:, :, VALID].mean(-1) > 0  # the plan's next 0.5 s, not a one-frame blip (docstring)
+        valid = present & controlled & (traj.valid[:, t] | ~used)  # an agent that left stays gone
         new = valid & ~used  # a free row turned valid
+        if self.options.enter_beyond_m > 0:  # new agents come in through the window's edge
+            distance = torch.hypot(decoded.x[:, 0] - av_pose[0], decoded.y[:, 0] - av_pose[1])
+            inside = distance < self.options.enter_beyond_m
+            valid &= ~(new & inside)
+            new &= ~inside
         object_id = meta.object_id.clone()
         spawned = new.nonzero().flatten()
         object_id[spawned] = torch.arange(carry.next_object_id, carry.next_object_id + len(spawned))
@@ -526,15 +545,12 @@ class WorldSampler:
         if self.fixed is not None:
             continuing[self.fixed.rows] = False
         c = continuing.nonzero().flatten()
-        planned = None  # poses [A]: the plan's own next frame within the limits, the on-road check's second choice
+        frame = (x.clone(), y.clone(), heading.clone())  # the plan's own next frame: the on-road check's 2nd choice
         if len(c):
             velocity = torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1)
             turned = traj.valid[c, max(t - 1, 0)] & (t > 0)
             yaw_rate = torch.where(turned, wrap(traj.heading[c, t] - traj.heading[c, max(t - 1, 0)]) / DT_S, 0.0)
             now = (traj.x[c, t], traj.y[c, t], traj.heading[c, t])
-            planned = [v.clone() for v in (x, y, heading)]
-            for v, p in zip(planned, C.kinematic_limits(x[c], y[c], heading[c], *now, velocity, agent_type[c])):
-                v[c] = p
             tracked = C.track(decoded.x[c].float(), decoded.y[c].float(), decoded.heading[c].float(), *now, velocity,
                               yaw_rate)
             x[c], y[c], heading[c] = C.kinematic_limits(*tracked, *now, velocity, agent_type[c])
@@ -542,10 +558,14 @@ class WorldSampler:
             road_user = valid & ((agent_type == AgentType.VEHICLE) | riders)
             if self.fixed is not None:
                 road_user[self.fixed.rows] = False
-            stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user)
+            slack = torch.where(agent_type == AgentType.VEHICLE, 0.0, C.RIDER_SLACK_M)
+            stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user, slack)
             retry = stuck & continuing
-            if planned is not None and retry.any():  # the tracked frame leaves the road: try the planned one
-                ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry)
+            if retry.any():  # the tracked frame leaves the road: try the plan's next frame within the limits
+                planned = [v.clone() for v in frame]
+                for v, p in zip(planned, C.kinematic_limits(*(v[c] for v in frame), *now, velocity, agent_type[c])):
+                    v[c] = p
+                ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry, slack)
                 x, y, heading = (torch.where(ok, p, v) for p, v in zip(planned, (x, y, heading)))
                 stuck &= ~ok
             hold = stuck & traj.valid[:, t]
@@ -564,18 +584,20 @@ class WorldSampler:
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
 
-    def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor) -> torch.Tensor:
-        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]``: a box off the road that
-        was on it at step ``t`` (or is new), or one already off it that gets farther off (e.g. out of a driveway)."""
+    def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor,
+                     slack: torch.Tensor) -> torch.Tensor:
+        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]``: a box more than
+        ``slack [A]`` (m) off the road that was within it at step ``t`` (or is new), or one already farther off that
+        gets farther still (e.g. out of a driveway)."""
         out = rows.clone()
         on = rows.nonzero().flatten()
         after = self.on_road.outside_boxes(x[on], y[on], heading[on], length[on], width[on])
-        out[on] = after > 0
+        out[on] = after > slack[on]
         was = (out & traj.valid[:, t]).nonzero().flatten()
         if len(was):
             before = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t], length[was],
                                                 width[was])
-            out[was] = (before <= 0) | (after[torch.searchsorted(on, was)] > before)
+            out[was] = (before <= slack[was]) | (after[torch.searchsorted(on, was)] > before)
         return out
 
     def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
@@ -659,7 +681,7 @@ class WorldSampler:
             v_agents, v_lights = self.model.denoiser(inp)
             x0, eps = predict_clean(agents, v_agents, level, sigma_data(inp.agent_cond, self.offsets))
             l0, leps = predict_clean(lights, v_lights, level)
-            x0 = C.soft_clip(C.keep_valid(x0, is_av))
+            x0 = C.soft_clip(C.keep_valid(x0, is_av), torch.zeros(1, num_agents, dtype=torch.bool))
             if self.on_road is not None:
                 x0 = self.on_road.project(x0, pose, no_ref, lanes, lane_valid, ~is_av)
             x0[:, 0, H - 1, X:COS + 1] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the AV is at ``pose`` now

@@ -14,8 +14,8 @@ from simgen.world.denoiser import Denoiser, DenoiserConfig
 from simgen.world.diffusion import add_noise, alpha_bar
 from simgen.world.sampler import _reanchor
 from simgen.world.tokenizer import (
-    AGENT_COND, COS, HISTORY_OFFSETS, SIN, VALID, X, Y, agent_anchor, agent_velocity, decode_agents, decode_light_states,
-    encode_agents, encode_light_states, reference,
+    AGENT_COND, COS, HISTORY_OFFSETS, SIN, VALID, X, Y, agent_anchor, agent_velocity, decode_agents,
+    decode_light_states, encode_agents, encode_light_states, reference,
 )
 from simgen.world.train import corrupt, loss_terms, lr_factor
 

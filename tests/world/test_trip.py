@@ -190,3 +190,19 @@ def test_projection_turns_lanes_to_the_known_heading_not_a_noisy_token():
     assert (_nearest_lane(x0, ref, lanes, valid)[..., 3] == -1).all()  # unknown heading: the token's side
     known = torch.tensor([[[0.9, 0.1]]])  # the agent drives +x now
     assert (_nearest_lane(x0, ref, lanes, valid, known)[..., 3] == 1).all()
+
+
+def test_soft_clip_fades_unlikely_tokens_but_leaves_free_rows_where_the_model_put_them():
+    """Soft clipping scales a token's features by ``clamp(valid + 1, 0, 1)``, except the positions of rows without an
+    anchor: those are absolute, and scaling them would pull a would-be new agent onto the AV."""
+    from simgen.world.constraints import soft_clip
+    from simgen.world.tokenizer import AGENT_CHANNELS, SIZE, VALID, X, Y
+
+    x0 = torch.zeros(1, 2, 3, AGENT_CHANNELS)
+    x0[..., VALID] = -0.5
+    x0[..., X], x0[..., Y], x0[..., SIZE] = 4.0, -2.0, 1.0
+    out = soft_clip(x0, torch.tensor([[True, False]]))
+    assert torch.equal(out[..., VALID], x0[..., VALID])
+    assert torch.allclose(out[0, 0, :, X:Y + 1], torch.tensor([2.0, -1.0]))  # anchored: faded with the token
+    assert torch.allclose(out[0, 1, :, X:Y + 1], torch.tensor([4.0, -2.0]))  # free: kept
+    assert torch.allclose(out[..., SIZE], torch.tensor(0.5))
