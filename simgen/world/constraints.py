@@ -30,9 +30,14 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    frames with weights ``exp(-|Δk| / SPREAD_FRAMES)`` so the whole trajectory
    moves. ``OnRoad.outside_boxes`` is the exact executed-frame check
    (``WorldSampler``): where the executed frame (6) would leave the road, the
-   plan's own next frame (within the limits) is tried, and an agent still
-   outside holds its previous pose (or, if it just appeared, is not spawned),
-   so the constraint holds in every executed frame. A vehicle already off the
+   plan's own next frame (within the limits) is tried, then the executed frame
+   steered toward the agent's lane (``toward_lanes``: the smallest blend, by
+   bisection, that keeps the road), and an agent still outside holds its
+   previous pose (or, if it just appeared, is not spawned), so the constraint
+   holds in every executed frame. Without the steering, a car whose plan ran
+   straight where the road curves reached the kerb and, heading out, was held
+   there for the rest of the rollout (Berlin scene 3: a car logged at 15.7 m/s
+   stopped after 2 s in all 3 rollouts; with it, 14-15 m/s). A vehicle already off the
    road (a logged one leaving a driveway) may move as long as it gets no
    farther off.
 5. ``push_apart``: boxes that overlap at a frame are pushed apart. Each box
@@ -371,6 +376,21 @@ def _nearest_lane(x0: torch.Tensor, ref: torch.Tensor, lanes: torch.Tensor, vali
     ahead = cos * own[..., 0] + sin * own[..., 1] >= 0
     cos, sin = torch.where(ahead, cos, -cos), torch.where(ahead, sin, -sin)
     return torch.stack([picked[..., 0], picked[..., 1], sin, cos], dim=-1)
+
+
+def toward_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes: torch.Tensor,
+                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World-frame poses ``[N]`` (m, rad) moved a fraction ``weight [N]`` of the way to the nearest driving lane on the
+    side they face, as ``OnRoad.project`` moves tokens (the foot of the perpendicular, the lane's direction).
+    ``lanes [M, 4]``: world-frame lane points (m) and their unit directions (cos, sin)."""
+    tokens = torch.zeros(1, len(x), 1, COS + 1, dtype=torch.float64)  # validity, position, heading
+    tokens[0, :, 0, X], tokens[0, :, 0, Y] = x.double() / DELTA_SCALE_M, y.double() / DELTA_SCALE_M
+    tokens[0, :, 0, SIN], tokens[0, :, 0, COS] = torch.sin(heading.double()), torch.cos(heading.double())
+    scaled = torch.cat([lanes[:, :2] / POS_SCALE_M, lanes[:, 2:]], dim=-1).float()[None]
+    target = _nearest_lane(tokens, torch.zeros(1, len(x), 1, 2, dtype=torch.float64), scaled,
+                           torch.ones(1, len(lanes), dtype=torch.bool))
+    moved = _blend(tokens, target, weight.double()[None, :, None])[0, :, 0]
+    return moved[:, X] * DELTA_SCALE_M, moved[:, Y] * DELTA_SCALE_M, torch.atan2(moved[:, SIN], moved[:, COS])
 
 
 def _blend(x0: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -223,6 +223,7 @@ class WorldSampler:
         self.options = options
         self.context = context or MapContext.of(roadmap)
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
+        self._lanes = None  # driving-lane points for the on-road check's third choice (``_steer_back``)
         self._scheduler = None
         W = model.future
         self.levels = staircase(W)  # τ_k before a call
@@ -568,6 +569,10 @@ class WorldSampler:
                 ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry, slack)
                 x, y, heading = (torch.where(ok, p, v) for p, v in zip(planned, (x, y, heading)))
                 stuck &= ~ok
+            rescue = stuck & continuing
+            if rescue.any():  # third choice: the tracked frame steered toward its lane, the least that keeps the road
+                x, y, heading, ok = self._steer_back(traj, t, x, y, heading, length, width, rescue, slack)
+                stuck &= ~ok
             hold = stuck & traj.valid[:, t]
             x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
                                                                         (traj.heading, heading)))
@@ -583,6 +588,34 @@ class WorldSampler:
         return Action(x=x, y=y, heading=heading, valid=valid, controlled=controlled, length=length, width=width,
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
+
+    def _steer_back(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor):
+        """The on-road check's third choice (``constraints`` docstring, 4): the poses ``x, y, heading [A]`` of ``rows``
+        moved toward their driving lane (``constraints.toward_lanes``) by the smallest blend, found by bisection, that
+        keeps them on the road. Returns the poses and ``[A]`` which rows it saved."""
+        r = rows.nonzero().flatten()
+        if self._lanes is None:  # every driving-lane point of the map and its direction, world frame
+            bank = self.context.bank
+            points = bank.points[bank.kind == 0].double()  # [N, P, 2]
+            ahead = torch.cat([points[:, 1:] - points[:, :-1], points[:, -1:] - points[:, -2:-1]], dim=1)
+            ahead = ahead / ahead.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            self._lanes = torch.cat([points, ahead], dim=-1).reshape(-1, 4)
+
+        def at(weight):
+            moved = C.toward_lanes(x[r], y[r], heading[r], self._lanes, weight)
+            out = [v.clone() for v in (x, y, heading)]
+            for v, m in zip(out, moved):
+                v[r] = m.to(v.dtype)
+            return out
+
+        lo, hi = torch.zeros(len(r), dtype=torch.float64), torch.ones(len(r), dtype=torch.float64)
+        for _ in range(C.BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            inside = ~self._leaves_road(traj, t, *at(mid), length, width, rows, slack)[r]
+            hi, lo = torch.where(inside, mid, hi), torch.where(inside, lo, mid)
+        poses = at(hi)
+        ok = rows & ~self._leaves_road(traj, t, *poses, length, width, rows, slack)
+        return (*(torch.where(ok, p, v) for p, v in zip(poses, (x, y, heading))), ok)
 
     def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor,
                      slack: torch.Tensor) -> torch.Tensor:

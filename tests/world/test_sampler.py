@@ -11,7 +11,7 @@ from simgen.agents import PolicyContext, make_policy
 from simgen.io import load_logs
 from simgen.sim.env import step as env_step
 from simgen.sim.rollout import mask_future
-from simgen.types import AgentType
+from simgen.types import DT_S, AgentType
 from simgen.world.constraints import RIDER_SLACK_M, OnRoad
 from simgen.world.sampler import CheckpointError, FixedAgents, SamplerOptions, WorldModel, WorldSampler
 
@@ -289,3 +289,38 @@ def test_on_trips_new_agents_enter_only_at_the_windows_edge(tiny_checkpoint, sce
     action = _step_with_plan(sampler, start, carry, x, y, heading, torch.ones(start.num_agents, 5))
     assert action.valid[far] and not action.valid[near]
     assert abs(float(torch.hypot(action.x[far] - x[av], action.y[far] - y[av])) - 58.0) < 1e-3
+
+
+def test_a_vehicle_heading_off_the_road_is_steered_back_onto_its_lane_not_held(tiny_checkpoint, scene):
+    """A moving vehicle turned 30 degrees toward the kerb, whose plan keeps going straight, reaches the road's edge
+    within a second. Every executed frame stays on the road, and it keeps moving instead of freezing at the kerb
+    (the on-road check's third choice: steered toward its lane)."""
+    roadmap, log = scene
+    sampler = WorldSampler(WorldModel.load(tiny_checkpoint), roadmap, SamplerOptions(spawn=False, no_overlap=False))
+    scene_now = mask_future(log)
+    t, traj = scene_now.step, scene_now.traj
+    speed = torch.hypot(traj.vel_x[:, t], traj.vel_y[:, t])
+    moving = traj.valid[:, t] & ~scene_now.meta.is_av & (scene_now.meta.agent_type == AgentType.VEHICLE) & (speed > 3)
+    agent = int(moving.nonzero()[0])
+    turned = traj.heading[agent, t] + 0.5
+    on_road = OnRoad(roadmap)
+    carry = sampler.start([scene_now], torch.Generator().manual_seed(0))
+    x, y = traj.x[:, t].clone(), traj.y[:, t].clone()
+    heading = traj.heading[:, t].clone()
+    heading[agent] = turned
+    steps, moved = 20, []
+    for _ in range(steps):
+        # the plan: every other row holds its pose; the agent drives straight on along ``turned`` at its speed
+        px, py, ph = x.clone(), y.clone(), heading.clone()
+        px[agent] = x[agent] + speed[agent] * DT_S * torch.cos(turned)
+        py[agent] = y[agent] + speed[agent] * DT_S * torch.sin(turned)
+        ph[agent] = turned
+        action = _step_with_plan(sampler, scene_now, carry, px, py, ph, torch.ones(scene_now.num_agents, 5))
+        scene_now = env_step(scene_now, [action])
+        d = on_road.outside_boxes(action.x[agent:agent + 1], action.y[agent:agent + 1],
+                                  action.heading[agent:agent + 1], action.length[agent:agent + 1],
+                                  action.width[agent:agent + 1])
+        assert float(d) <= 0, f"off the road by {float(d):.3f} m"
+        moved.append(float(torch.hypot(action.x[agent] - x[agent], action.y[agent] - y[agent])))
+        x, y, heading = action.x.clone(), action.y.clone(), action.heading.clone()
+    assert min(moved) > 0.1, f"held at the kerb: steps of {min(moved):.3f} m"

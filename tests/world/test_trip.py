@@ -2,6 +2,7 @@
 plan is inpainted, the road kept and no agent moved into a collision in every executed frame."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -206,3 +207,20 @@ def test_soft_clip_fades_unlikely_tokens_but_leaves_free_rows_where_the_model_pu
     assert torch.allclose(out[0, 0, :, X:Y + 1], torch.tensor([2.0, -1.0]))  # anchored: faded with the token
     assert torch.allclose(out[0, 1, :, X:Y + 1], torch.tensor([4.0, -2.0]))  # free: kept
     assert torch.allclose(out[..., SIZE], torch.tensor(0.5))
+
+
+def test_toward_lanes_moves_a_pose_across_onto_the_lane_it_faces():
+    """``toward_lanes`` (the on-road check's third choice): weight 1 puts a pose at the foot of the perpendicular on
+    the nearest lane with the lane's direction on the side it faces; weight 0 leaves it; nothing moves along the
+    lane."""
+    from simgen.world.constraints import toward_lanes
+
+    xs = torch.arange(0.0, 21.0, dtype=torch.float64)
+    lanes = torch.stack([xs, torch.zeros_like(xs), torch.ones_like(xs), torch.zeros_like(xs)], -1)  # along +x at y 0
+    x, y = torch.tensor([5.3, 5.3, 5.3]), torch.tensor([1.0, 1.0, -0.8])
+    heading = torch.tensor([0.3, 0.3, math.pi - 0.2])
+    mx, my, mh = toward_lanes(x, y, heading, lanes, torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.allclose(mx.float(), x, atol=1e-4)  # no move along the lane
+    assert torch.allclose(my.float(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-4)
+    assert abs(float(mh[0])) < 1e-6 and abs(float(mh[1]) - 0.3) < 1e-6
+    assert abs(abs(float(mh[2])) - math.pi) < 1e-6  # facing -x: the lane's direction turned to that side
