@@ -378,19 +378,23 @@ def _nearest_lane(x0: torch.Tensor, ref: torch.Tensor, lanes: torch.Tensor, vali
     return torch.stack([picked[..., 0], picked[..., 1], sin, cos], dim=-1)
 
 
-def toward_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes: torch.Tensor,
-                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """World-frame poses ``[N]`` (m, rad) moved a fraction ``weight [N]`` of the way to the nearest driving lane on the
-    side they face, as ``OnRoad.project`` moves tokens (the foot of the perpendicular, the lane's direction).
-    ``lanes [M, 4]``: world-frame lane points (m) and their unit directions (cos, sin)."""
+def toward_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes: torch.Tensor):
+    """For world-frame poses ``[N]`` (m, rad), a function of ``weight [N]`` giving the poses moved that fraction of the
+    way to the nearest driving lane on the side they face, as ``OnRoad.project`` moves tokens (the foot of the
+    perpendicular, the lane's direction). ``lanes [M, 4]``: world-frame lane points (m) and their unit directions
+    (cos, sin). The nearest lane is found once, so a bisection over the weight costs one search."""
     tokens = torch.zeros(1, len(x), 1, COS + 1, dtype=torch.float64)  # validity, position, heading
     tokens[0, :, 0, X], tokens[0, :, 0, Y] = x.double() / DELTA_SCALE_M, y.double() / DELTA_SCALE_M
     tokens[0, :, 0, SIN], tokens[0, :, 0, COS] = torch.sin(heading.double()), torch.cos(heading.double())
     scaled = torch.cat([lanes[:, :2] / POS_SCALE_M, lanes[:, 2:]], dim=-1).float()[None]
     target = _nearest_lane(tokens, torch.zeros(1, len(x), 1, 2, dtype=torch.float64), scaled,
                            torch.ones(1, len(lanes), dtype=torch.bool))
-    moved = _blend(tokens, target, weight.double()[None, :, None])[0, :, 0]
-    return moved[:, X] * DELTA_SCALE_M, moved[:, Y] * DELTA_SCALE_M, torch.atan2(moved[:, SIN], moved[:, COS])
+
+    def at(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        moved = _blend(tokens, target, weight.double()[None, :, None])[0, :, 0]
+        return moved[:, X] * DELTA_SCALE_M, moved[:, Y] * DELTA_SCALE_M, torch.atan2(moved[:, SIN], moved[:, COS])
+
+    return at
 
 
 def _blend(x0: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

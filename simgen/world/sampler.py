@@ -601,8 +601,10 @@ class WorldSampler:
             ahead = ahead / ahead.norm(dim=-1, keepdim=True).clamp_min(1e-9)
             self._lanes = torch.cat([points, ahead], dim=-1).reshape(-1, 4)
 
+        steer = C.toward_lanes(x[r], y[r], heading[r], self._lanes)
+
         def at(weight):
-            moved = C.toward_lanes(x[r], y[r], heading[r], self._lanes, weight)
+            moved = steer(weight)
             out = [v.clone() for v in (x, y, heading)]
             for v, m in zip(out, moved):
                 v[r] = m.to(v.dtype)

@@ -219,7 +219,7 @@ def test_toward_lanes_moves_a_pose_across_onto_the_lane_it_faces():
     lanes = torch.stack([xs, torch.zeros_like(xs), torch.ones_like(xs), torch.zeros_like(xs)], -1)  # along +x at y 0
     x, y = torch.tensor([5.3, 5.3, 5.3]), torch.tensor([1.0, 1.0, -0.8])
     heading = torch.tensor([0.3, 0.3, math.pi - 0.2])
-    mx, my, mh = toward_lanes(x, y, heading, lanes, torch.tensor([1.0, 0.0, 1.0]))
+    mx, my, mh = toward_lanes(x, y, heading, lanes)(torch.tensor([1.0, 0.0, 1.0]))
     assert torch.allclose(mx.float(), x, atol=1e-4)  # no move along the lane
     assert torch.allclose(my.float(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-4)
     assert abs(float(mh[0])) < 1e-6 and abs(float(mh[1]) - 0.3) < 1e-6
