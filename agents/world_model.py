@@ -13,7 +13,9 @@
   window (``observe_plan``), which is inpainted as the AV's future. As in
   every world of this role (and in logged trips, docs/FORMATS.md), agents
   beyond ``radius_m`` of the AV leave the scene, and new agents enter only
-  at its edge, within ``ENTRY_BAND_M`` of ``radius_m`` (``simgen.world.sampler``).
+  at its edge, within ``ENTRY_BAND_M`` of ``radius_m``, moving at their
+  plan's speed. Agents inside the window stay: they leave by crossing its
+  edge, as in the logs (``simgen.world.sampler``, "Rows").
 
 ``rollouts(start, count, generator)`` runs ``count`` rollouts of one scene as
 one batch (one denoiser call per step for all of them); ``simgen eval`` uses

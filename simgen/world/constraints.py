@@ -18,7 +18,8 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
 2. ``inpaint``: replace the tokens of given trajectories (the AV's plan,
    user-fixed agents) by their values, every frame.
 3. ``keep_valid``: force validity on rows that must stay in the scene (the
-   WOSAC protocol simulates every agent of the window at every step).
+   WOSAC protocol simulates every agent of the window at every step; on
+   trips, agents leave only through the window's edge).
 4. ``OnRoad.project``: vehicles (and cyclists riding on the road now: a
    cyclist on a bike path may stay there) whose box leaves the drivable area
    (for vehicles, comes within ``ROAD_MARGIN_M`` of its edge; cyclists ride at
@@ -62,7 +63,12 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    the type's acceleration limit (``ACCEL_LIMIT``, the vector change, so
    braking, speeding up and turning share it) and its speed stays under
    ``SPEED_LIMIT``, with its heading turning at most ``YAW_RATE_LIMIT`` per
-   second. Both run before the on-road and no-overlap checks.
+   second. Both run before the on-road and no-overlap checks. A new agent has
+   no measured velocity (one executed frame): it enters at its plan's speed
+   along its heading (``plan_velocity``, at most ``ENTRY_SPEED_LIMIT``), and
+   the next frame is tracked and limited from that. Taking it as zero
+   started every new agent from rest, so on trips most of them fell behind
+   the moving window within a few steps and left it.
 """
 
 from __future__ import annotations
@@ -109,6 +115,7 @@ TRACK_FRAMES = 5  # planned frames the executed frame follows (track)
 ACCEL_LIMIT = torch.tensor([6.0, 6.0, 3.0, 4.0])  # m/s², magnitude of the velocity change per second
 SPEED_LIMIT = torch.tensor([40.0, 40.0, 4.0, 12.0])  # m/s
 YAW_RATE_LIMIT = torch.tensor([1.5, 1.5, 6.0, 3.0])  # rad/s
+ENTRY_SPEED_LIMIT = torch.tensor([15.0, 15.0, 2.0, 6.0])  # m/s, a new agent's speed (along its heading) at most
 
 
 def soft_clip(x0: torch.Tensor, anchored: torch.Tensor) -> torch.Tensor:
@@ -293,6 +300,14 @@ def track(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, prev_x: torch
     next_turn = step(turn, torch.zeros_like(prev_heading), prev_yaw_rate)
     return (step(x, prev_x, prev_vel[:, 0]).to(x.dtype), step(y, prev_y, prev_vel[:, 1]).to(y.dtype),
             (prev_heading.double() + next_turn).to(heading.dtype))
+
+
+def plan_velocity(x: torch.Tensor, y: torch.Tensor, prev_x: torch.Tensor, prev_y: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]`` velocity (m/s) that fits the planned positions ``[N, K]`` (the next K frames) best from ``prev_*
+    [N]``, in least squares at constant velocity (module docstring, 6)."""
+    t = torch.arange(1, x.shape[1] + 1, dtype=torch.float64) * DT_S
+    d = torch.stack([x.double() - prev_x.double()[:, None], y.double() - prev_y.double()[:, None]], -1)
+    return ((d * t[:, None]).sum(1) / (t * t).sum()).to(x.dtype)
 
 
 def kinematic_limits(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, prev_x: torch.Tensor,

@@ -66,8 +66,13 @@ crossing its edge (Berlin trip 0: all 27 logged entries at 58-60 m from the
 AV). The model's own entry positions spread over 5-60 m; agents popping up
 near the AV made the trips' entering-distance JSD 0.92 and their collision
 JSD 0.39 (the logged AV drives into them), against 0.014 and 0.061 with the
-rule (4 Berlin trips, one run). With ``spawn=False`` (the WOSAC protocol) the rows are fixed and kept
-valid.
+rule (4 Berlin trips, one run). Symmetrically, on trips an agent leaves only by crossing the window's edge
+(``radius_m``, where the world removes it): rows with an agent now are kept valid (``keep_valid``). The logs
+agree: 37 of the 38 exits on the two trips of ``simgen logs --map berlin --scenes 4 --seed 11 --workers 2
+--trip-seconds 60`` are 58-60 m from the AV. A new agent enters at its plan's speed (``constraints``
+docstring, 6); the sampler keeps that velocity (``Carry.entry_velocity``) as the agent's velocity in the
+next call's context, where its single executed frame cannot give one. With ``spawn=False`` (the WOSAC
+protocol) the rows are fixed and kept valid.
 """
 
 from __future__ import annotations
@@ -184,6 +189,7 @@ class Carry:
     av_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x, y, heading [B, W] world frame
     next_object_id: int = 0
     calls: int = 0  # denoiser calls so far
+    entry_velocity: torch.Tensor | None = None  # [B, A, 2] float64 world frame (m/s): new agents' velocity, NaN else
 
 
 @dataclass(frozen=True)
@@ -242,9 +248,10 @@ class WorldSampler:
         return torch.stack([torch.stack([s.traj.x[s.av_index, t], s.traj.y[s.av_index, t],
                                          s.traj.heading[s.av_index, t]]) for s in scenes]).double()
 
-    def _context(self, scenes: list[SceneState], pose: torch.Tensor) -> Context:
+    def _context(self, scenes: list[SceneState], pose: torch.Tensor, carry: Carry | None = None) -> Context:
         """Context frames of every row (invalid before the scene's first step), their reference lines, and
-        the lights with their known mask."""
+        the lights with their known mask. An agent the sampler spawned at the last step has one executed frame;
+        its velocity is the one it entered with (``Carry.entry_velocity``)."""
         t = scenes[0].step
         steps = torch.tensor([t + o for o in HISTORY_OFFSETS])
         inside = steps >= 0
@@ -258,6 +265,13 @@ class WorldSampler:
         now = len(HISTORY_OFFSETS) - 1
         anchor = agent_anchor(stack["x"].double(), stack["y"].double(), valid, pose, now)
         velocity = agent_velocity(stack["x"].double(), stack["y"].double(), valid, pose, now)
+        if carry is not None and carry.entry_velocity is not None:
+            entered = carry.entry_velocity  # [B, A, 2] world frame
+            cos, sin = torch.cos(pose[:, 2:3]), torch.sin(pose[:, 2:3])
+            local = torch.stack([entered[..., 0] * cos + entered[..., 1] * sin,
+                                 -entered[..., 0] * sin + entered[..., 1] * cos], -1)
+            fresh = valid[..., now] & ~valid[..., now - 1] & ~entered.isnan().any(-1)
+            velocity = torch.where(fresh[..., None], local, velocity)
         ref = reference(anchor, velocity, self.offsets)
         agents = encode_agents(stack["x"].double(), stack["y"].double(), stack["heading"].double(), size, types,
                                valid, pose, ref[:, :, :len(HISTORY_OFFSETS)])
@@ -398,21 +412,26 @@ class WorldSampler:
         movable = inp.is_av.logical_not() | self.options.drive_av  # [B, rows]
         if given is not None:
             movable &= ~given[0][:, rows].any(-1)
-        now = context.agents[:, rows, H - 1]
-        facing = torch.stack([now[..., COS], now[..., SIN]], -1) * context.anchored[:, rows, None]
-        x0 = self._constrain(x0, pose, context.ref[:, rows, H:], context.anchored[:, rows], rows, lanes, lane_valid,
-                             given, movable, context.riders[:, rows], facing)
+        x0 = self._constrain(x0, pose, context, rows, lanes, lane_valid, given, movable)
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    def _constrain(self, x0, pose, ref, anchored, rows, lanes, lane_valid, given, movable, riders, facing
-                   ) -> torch.Tensor:
+    def _constrain(self, x0, pose, context: Context, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
+        """𝒞 on the future frames ``x0 [B, rows, W, C]`` (constraints docstring; the order matters: the given
+        trajectories come last, so they hold exactly)."""
+        H = len(HISTORY_OFFSETS)
+        ref, anchored = context.ref[:, rows, H:], context.anchored[:, rows]
+        now = context.agents[:, rows, H - 1]
+        facing = torch.stack([now[..., COS], now[..., SIN]], -1) * anchored[..., None]
         if not self.options.spawn:
             x0 = C.keep_valid(x0, torch.ones(x0.shape[:2], dtype=torch.bool))
+        edge = self.options.enter_beyond_m
+        if edge > 0 and self.options.spawn:  # trips: agents enter and leave through the window's edge (docstring)
+            x0 = C.keep_valid(x0, anchored)
         x0 = C.soft_clip(x0, anchored)
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable, riders, facing)
+            x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable, context.riders[:, rows], facing)
         if self.options.no_overlap:
             x0 = C.push_apart(x0, ref, movable)
         if given is not None:
@@ -429,7 +448,8 @@ class WorldSampler:
         carry = Carry(agents=torch.randn(B, A, W, AGENT_CHANNELS, generator=generator),
                       lights=torch.randn(B, S, W, LIGHT_CHANNELS, generator=generator), pose=pose,
                       ref=self._context(scenes, pose).ref[:, :, len(HISTORY_OFFSETS):],
-                      next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1)
+                      next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1,
+                      entry_velocity=torch.full((B, A, 2), torch.nan, dtype=torch.float64))
         if self.options.kind == "amortized":
             x0, l0 = self._full_denoise(scenes, carry, generator)
             carry.agents = _renoise(carry.agents, x0, self.levels, generator)
@@ -441,7 +461,7 @@ class WorldSampler:
         every row ``[B, A, W, C]`` (rows the model did not compute stay as they were)."""
         pose = carry.pose
         B, A, W, _ = carry.agents.shape
-        context = self._context(scenes, pose)
+        context = self._context(scenes, pose, carry)
         rows = self._rows(scenes, context, None if self.options.spawn else _protocol_rows(scenes))
         slots = self._light_slots(scenes, pose)
         agents = torch.randn(B, A, W, AGENT_CHANNELS, generator=generator)
@@ -462,7 +482,7 @@ class WorldSampler:
         pose = self._pose(scenes)
         B = len(scenes)
         W = self.model.future
-        context = self._context(scenes, pose)
+        context = self._context(scenes, pose, carry)
         future_ref = context.ref[:, :, len(HISTORY_OFFSETS):]
         rows = self._rows(scenes, context, None if self.options.spawn else _protocol_rows(scenes))
         if self.options.kind == "amortized":
@@ -498,15 +518,15 @@ class WorldSampler:
         if not self.options.spawn:
             plan[..., VALID] = 1.0
         av = carry.av_plan
-        actions = [self._action(scenes[b], plan[b], light_frame[b], rows, plan_pose[b], plan_ref[b], pose[b],
+        actions = [self._action(b, scenes[b], plan[b], light_frame[b], rows, plan_pose[b], plan_ref[b], pose[b],
                                 carry, None if av is None else tuple(v[b, 0] for v in av), context.riders[b])
                    for b in range(B)]
         return actions, carry
 
-    def _action(self, scene: SceneState, plan: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
+    def _action(self, b: int, scene: SceneState, plan: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
                 plan_pose: torch.Tensor, plan_ref: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
                 av_next: tuple[torch.Tensor, ...] | None, riders: torch.Tensor) -> Action:
-        """The executed frame of one scene as an ``Action`` for its controlled rows, from the clean ``plan
+        """The executed frame of scene ``b`` as an ``Action`` for its controlled rows, from the clean ``plan
         [A, K, C]`` of the next K frames (in the AV frame of ``plan_pose``, relative to ``plan_ref [A, K, 2]``; frame
         1 gives validity, type and size). ``av_next``: the AV's next pose (x, y, heading) from its plan;
         ``riders [A]``: ``Context.riders``."""
@@ -548,10 +568,12 @@ class WorldSampler:
         c = continuing.nonzero().flatten()
         frame = (x.clone(), y.clone(), heading.clone())  # the plan's own next frame: the on-road check's 2nd choice
         if len(c):
-            velocity = torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1)
             turned = traj.valid[c, max(t - 1, 0)] & (t > 0)
             yaw_rate = torch.where(turned, wrap(traj.heading[c, t] - traj.heading[c, max(t - 1, 0)]) / DT_S, 0.0)
             now = (traj.x[c, t], traj.y[c, t], traj.heading[c, t])
+            velocity = torch.stack([traj.vel_x[c, t], traj.vel_y[c, t]], -1)
+            entered = carry.entry_velocity[b, c]  # spawned at the last step: the velocity it entered with
+            velocity = torch.where(~turned[:, None] & ~entered.isnan(), entered.float(), velocity)
             tracked = C.track(decoded.x[c].float(), decoded.y[c].float(), decoded.heading[c].float(), *now, velocity,
                               yaw_rate)
             x[c], y[c], heading[c] = C.kinematic_limits(*tracked, *now, velocity, agent_type[c])
@@ -579,6 +601,11 @@ class WorldSampler:
             valid = valid & ~(stuck & ~hold)
         if self.options.no_overlap:
             x, y, heading, valid = self._separate(scene, x, y, heading, length, width, valid, controlled, av_next)
+        e = (new & valid).nonzero().flatten()  # a new agent enters at its plan's speed, along its heading
+        fit = C.plan_velocity(decoded.x[e, 1:], decoded.y[e, 1:], decoded.x[e, 0], decoded.y[e, 0]).double()
+        ahead = torch.stack([torch.cos(heading[e]), torch.sin(heading[e])], -1).double()
+        speed = torch.minimum((fit * ahead).sum(-1).clamp_min(0), C.ENTRY_SPEED_LIMIT[agent_type[e].long()].double())
+        carry.entry_velocity[b, e] = speed[:, None] * ahead
         light_state = scene.lights.state[:, t].clone()
         if scene.lights.num_slots and not self.options.model_lights:
             light_state = self._program(scene, torch.arange(scene.lights.num_slots), torch.tensor([t + 1]))[:, 0]

@@ -2,6 +2,7 @@
 determinism, the WOSAC protocol's fixed rows, hard constraints in every executed frame, and checkpoint
 integrity."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -235,17 +236,18 @@ def test_on_road_check_has_the_exact_sign(scene):
 
 def _step_with_plan(sampler, start, carry, x, y, heading, valid):
     """One executed frame of ``start`` whose plan holds every row at ``x, y, heading [A]`` (world frame) over the next
-    ``TRACK_FRAMES`` frames, with validity ``valid [A, TRACK_FRAMES]`` (+1 / -1)."""
+    ``TRACK_FRAMES`` frames (or puts them at ``[A, TRACK_FRAMES]``), with validity ``valid [A, TRACK_FRAMES]``
+    (+1 / -1)."""
     from simgen.world import constraints as C
     from simgen.world.tokenizer import VALID, encode_agents
 
     t, traj, K = start.step, start.traj, C.TRACK_FRAMES
-    keep = lambda v: v.double()[:, None].expand(-1, K)  # noqa: E731
+    keep = lambda v: v.double()[:, None].expand(-1, K) if v.ndim == 1 else v.double()  # noqa: E731
     size = torch.stack([traj.length[:, t], traj.width[:, t], traj.height[:, t]], -1)[:, None].expand(-1, K, 3)
     plan = encode_agents(keep(x), keep(y), keep(heading), size, start.meta.agent_type,
                          torch.ones(start.num_agents, K, dtype=torch.bool), carry.pose[0], carry.ref[0, :, :K]).float()
     plan[..., VALID] = valid
-    return sampler._action(start, plan, torch.zeros(start.lights.num_slots, 3), torch.arange(start.num_agents),
+    return sampler._action(0, start, plan, torch.zeros(start.lights.num_slots, 3), torch.arange(start.num_agents),
                            carry.pose[0], carry.ref[0, :, :K], carry.pose[0], carry, None,
                            torch.zeros(start.num_agents, dtype=torch.bool))
 
@@ -289,6 +291,59 @@ def test_on_trips_new_agents_enter_only_at_the_windows_edge(tiny_checkpoint, sce
     action = _step_with_plan(sampler, start, carry, x, y, heading, torch.ones(start.num_agents, 5))
     assert action.valid[far] and not action.valid[near]
     assert abs(float(torch.hypot(action.x[far] - x[av], action.y[far] - y[av])) - 58.0) < 1e-3
+
+
+def test_a_new_agent_enters_at_its_plans_speed_not_from_rest(tiny_checkpoint, scene):
+    """A new agent has one executed frame and so no measured velocity. It enters at the speed of its plan, and its
+    next frame follows a plan at that speed exactly; taken as zero, the acceleration limit held it to 0.6 m/s."""
+    from simgen.world.constraints import TRACK_FRAMES
+
+    roadmap, log = scene
+    sampler = WorldSampler(WorldModel.load(tiny_checkpoint), roadmap,
+                           SamplerOptions(spawn=True, on_road=False, no_overlap=False))
+    now = mask_future(log)
+    t, traj, av = now.step, now.traj, now.av_index
+    row = int((~traj.valid[:, :t + 1].any(-1)).nonzero()[0])
+    speed, heading = 10.0, float(traj.heading[av, t])
+    x0 = float(traj.x[av, t]) + 30.0 * torch.cos(torch.tensor(heading))
+    y0 = float(traj.y[av, t]) + 30.0 * torch.sin(torch.tensor(heading))
+    carry = sampler.start([now], torch.Generator().manual_seed(0))
+    valid = torch.where(traj.valid[:, t:t + 1], 1.0, -1.0).expand(-1, TRACK_FRAMES).clone()
+    valid[row] = 1.0
+    for step in range(2):  # the row is planned along the AV's heading at 10 m/s: frames `step + 1 ..`
+        k = torch.arange(step + 1, step + 1 + TRACK_FRAMES, dtype=torch.float64) * speed * DT_S
+        x = traj.x[:, now.step].double()[:, None].repeat(1, TRACK_FRAMES)
+        y = traj.y[:, now.step].double()[:, None].repeat(1, TRACK_FRAMES)
+        h = traj.heading[:, now.step].double()[:, None].repeat(1, TRACK_FRAMES)
+        x[row], y[row], h[row] = x0 + k * math.cos(heading), y0 + k * math.sin(heading), heading
+        action = _step_with_plan(sampler, now, carry, x, y, h, valid)
+        assert action.valid[row]
+        now = env_step(now, [action])
+        traj = now.traj
+    moved = float(torch.hypot(traj.x[row, now.step] - traj.x[row, now.step - 1],
+                              traj.y[row, now.step] - traj.y[row, now.step - 1])) / DT_S
+    assert abs(moved - speed) < 0.05, f"entered at {moved:.2f} m/s, planned {speed} m/s"
+
+
+def test_on_trips_agents_leave_only_through_the_windows_edge(tiny_checkpoint, scene):
+    """On trips, an agent leaves the window as in the logs, by crossing its edge: its last frame is at least
+    ``radius_m - ENTRY_BAND_M`` from the AV. The tiny model's validity alone removes agents anywhere."""
+    from simgen.sim.rollout import closed_loop
+    from simgen.world.sampler import ENTRY_BAND_M
+
+    roadmap, log = scene
+    ctx = PolicyContext(roadmap=roadmap, role="world", log=log, radius_m=40.0)
+    world = make_policy("world_model", ctx, checkpoint=str(tiny_checkpoint))
+    av = make_policy("log_replay", replace(ctx, role="av"))
+    start = mask_future(log)
+    out = closed_loop(start, av, world, 20, torch.Generator().manual_seed(0))
+    steps, traj, av = slice(start.step, out.step + 1), out.traj, out.av_index
+    others = traj.valid[:, steps].clone()
+    others[av] = False
+    distance = torch.hypot(traj.x[:, steps] - traj.x[av, steps], traj.y[:, steps] - traj.y[av, steps])
+    assert others[:, 0].sum() >= 3
+    left = others[:, :-1] & ~others[:, 1:]
+    assert (distance[:, :-1][left] >= 40.0 - ENTRY_BAND_M).all(), distance[:, :-1][left]
 
 
 def test_a_vehicle_heading_off_the_road_is_steered_back_onto_its_lane_not_held(tiny_checkpoint, scene):
