@@ -651,7 +651,7 @@ def signed_distance_to_rings(points: torch.Tensor, a: torch.Tensor, b: torch.Ten
     return _SegmentCells(points, a, b, inside=True).signed_distance(points, torch.arange(len(points)))
 
 
-class _Segments:
+class Segments:
     """Segments as gatherable columns ``[M]``: start (m), direction = end - start (m), 1 / |direction|² (0 if
     degenerate). A hot-loop form of ``simgen.types.geometry.point_segment_distance`` (same formula)."""
 
@@ -721,7 +721,7 @@ class _SegmentCells:
 
         kept = _crop(a, b, points, coarse_centre, coarse_half)
         sentinel = torch.full((1, 2), 1e9, dtype=FLOAT)
-        self.segments = _Segments(torch.cat([a[kept], sentinel]), torch.cat([b[kept], sentinel]))
+        self.segments = Segments(torch.cat([a[kept], sentinel]), torch.cat([b[kept], sentinel]))
         self.original = torch.cat([kept, torch.tensor([-1])])
         everything = torch.arange(len(kept)).expand(len(coarse_centre), -1)
         coarse, _ = self._refine(coarse_centre, coarse_half, everything)  # [Cc, Kc]

@@ -80,6 +80,7 @@ import torch
 from simgen.metrics.features import (
     CORNER_ROUNDING_FACTOR,
     BoxShape,
+    Segments,
     rounded_box_signed_distance,
     signed_distance_to_rings,
 )
@@ -107,6 +108,7 @@ RIDER_SLACK_M = 0.1  # cyclists on the road: corners at most this far outside it
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
 RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
+LOCAL_MARGIN_M = 2.0  # exact_distance: a tile's own segments are those within this distance of it
 CIRCLES = 3  # discs per box in push_apart
 PUSH_ITERATIONS = 3
 PUSH_MARGIN_M = 0.2  # in denoising, discs are pushed this far apart
@@ -150,6 +152,7 @@ class OnRoad:
         a, b = roadmap.road_edge_segments
         self.a, self.b = a.double(), b.double()
         self.tiles: dict[tuple[int, int], torch.Tensor] = {}
+        self.local: dict[tuple[int, int], Segments] = {}
 
     def _tile(self, key: tuple[int, int]) -> torch.Tensor:
         """Signed distance (m) at the cell corners of tile ``key``: ``[n + 1, n + 1]``, built once."""
@@ -160,6 +163,42 @@ class OnRoad:
             points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
             self.tiles[key] = signed_distance_to_rings(points, self.a, self.b).reshape(n + 1, n + 1).float()
         return self.tiles[key]
+
+    def _local(self, key: tuple[int, int]) -> Segments:
+        """The segments of tile ``key`` grown by ``LOCAL_MARGIN_M`` (the rest cannot be nearer its points)."""
+        if key not in self.local:
+            lo = torch.tensor(key, dtype=torch.float64) * TILE_M - LOCAL_MARGIN_M
+            hi = lo + TILE_M + 2 * LOCAL_MARGIN_M
+            keep = ((torch.minimum(self.a, self.b) <= hi) & (torch.maximum(self.a, self.b) >= lo)).all(-1)
+            self.local[key] = Segments(self.a[keep], self.b[keep])
+        return self.local[key]
+
+    def exact_distance(self, points: torch.Tensor) -> torch.Tensor:
+        """Exact signed distance (m; negative inside) at ``points [N, 2]`` (world frame, float64), as
+        ``signed_distance_to_rings`` gives it, from each tile's own segments: the distance to the nearest of them,
+        and the side of the nearest raster corner (exact there) flipped by every edge between it and the point.
+        Points farther than ``LOCAL_MARGIN_M`` from their tile's segments, or whose corner is on an edge, take the
+        whole map's computation."""
+        out = torch.empty(len(points), dtype=torch.float64)
+        tile = torch.floor(points / TILE_M).long()
+        code = tile[:, 0] * 1_000_003 + tile[:, 1]
+        n = round(TILE_M / CELL_M)
+        for c in torch.unique(code).tolist():
+            rows = (code == c).nonzero().flatten()
+            key = tuple(tile[rows[0]].tolist())
+            segments = self._local(key)
+            p = points[rows]
+            corner = ((p - torch.tensor(key, dtype=torch.float64) * TILE_M) / CELL_M).round().long().clamp(0, n)
+            corner_xy = torch.tensor(key, dtype=torch.float64) * TILE_M + corner.double() * CELL_M
+            corner_side = self._tile(key)[corner[:, 0], corner[:, 1]]
+            every = torch.arange(len(segments)).expand(len(rows), -1)
+            distance = segments.squared_distance(p[:, :1], p[:, 1:], every).amin(-1).sqrt()
+            inside = (corner_side < 0) ^ (segments.crossings(corner_xy, p, every) % 2 == 1)
+            out[rows] = torch.where(inside, -distance, distance)
+            unsure = (distance > LOCAL_MARGIN_M) | (corner_side == 0)
+            if unsure.any():
+                out[rows[unsure]] = signed_distance_to_rings(p[unsure], self.a, self.b)
+        return out
 
     def raster_distance(self, points: torch.Tensor) -> torch.Tensor:
         """Bilinear signed distance (m) from the rastered tiles at ``points [N, 2]`` (world frame, m).
@@ -229,7 +268,7 @@ class OnRoad:
         distance = self.raster_distance(corners).double()
         unsure = (distance.abs() <= RASTER_ERROR_M).nonzero().flatten()  # the rest has the right sign already
         if len(unsure):
-            distance[unsure] = signed_distance_to_rings(corners[unsure], self.a, self.b)
+            distance[unsure] = self.exact_distance(corners[unsure])
         return distance.reshape(-1, 4).amax(-1)
 
 

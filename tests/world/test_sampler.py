@@ -234,6 +234,22 @@ def test_on_road_check_has_the_exact_sign(scene):
     assert (exact.abs() < 0.75).float().mean() > 0.1  # many of them where the raster alone could be wrong
 
 
+def test_on_roads_exact_distance_from_each_tiles_own_segments_equals_the_whole_maps(scene):
+    """``OnRoad.exact_distance`` (a tile's own segments and its raster corner's side) gives exactly the signed
+    distance of the whole map's computation, near the edges and away from them."""
+    from simgen.metrics.features import signed_distance_to_rings
+
+    roadmap, _ = scene
+    on_road = OnRoad(roadmap)
+    g = torch.Generator().manual_seed(1)
+    near = on_road.a[torch.randint(len(on_road.a), (2000,), generator=g)]
+    points = torch.cat([near + 0.3 * torch.randn(2000, 2, generator=g, dtype=torch.float64),
+                        near + 5.0 * torch.randn(2000, 2, generator=g, dtype=torch.float64)])
+    exact = signed_distance_to_rings(points, on_road.a, on_road.b)
+    assert torch.equal(on_road.exact_distance(points), exact)
+    assert 0.2 < (exact > 0).float().mean() < 0.8 and (exact.abs() < 0.5).float().mean() > 0.2
+
+
 def _step_with_plan(sampler, start, carry, x, y, heading, valid):
     """One executed frame of ``start`` whose plan holds every row at ``x, y, heading [A]`` (world frame) over the next
     ``TRACK_FRAMES`` frames (or puts them at ``[A, TRACK_FRAMES]``), with validity ``valid [A, TRACK_FRAMES]``
