@@ -74,6 +74,7 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -180,16 +181,12 @@ class OnRoad:
         Points farther than ``LOCAL_MARGIN_M`` from their tile's segments, or whose corner is on an edge, take the
         whole map's computation."""
         out = torch.empty(len(points), dtype=torch.float64)
-        tile = torch.floor(points / TILE_M).long()
-        code = tile[:, 0] * 1_000_003 + tile[:, 1]
-        n = round(TILE_M / CELL_M)
-        for c in torch.unique(code).tolist():
-            rows = (code == c).nonzero().flatten()
-            key = tuple(tile[rows[0]].tolist())
+        for key, rows in _by_tile(points):
             segments = self._local(key)
             p = points[rows]
-            corner = ((p - torch.tensor(key, dtype=torch.float64) * TILE_M) / CELL_M).round().long().clamp(0, n)
-            corner_xy = torch.tensor(key, dtype=torch.float64) * TILE_M + corner.double() * CELL_M
+            origin = torch.tensor(key, dtype=torch.float64) * TILE_M
+            corner = ((p - origin) / CELL_M).round().long().clamp(0, round(TILE_M / CELL_M))
+            corner_xy = origin + corner.double() * CELL_M
             corner_side = self._tile(key)[corner[:, 0], corner[:, 1]]
             every = torch.arange(len(segments)).expand(len(rows), -1)
             distance = segments.squared_distance(p[:, :1], p[:, 1:], every).amin(-1).sqrt()
@@ -204,15 +201,11 @@ class OnRoad:
         """Bilinear signed distance (m) from the rastered tiles at ``points [N, 2]`` (world frame, m).
         Within about ``CELL_M / 2`` of the exact value (1-Lipschitz)."""
         out = torch.empty(len(points))
-        tile = torch.floor(points / TILE_M).long()
-        code = tile[:, 0] * 1_000_003 + tile[:, 1]  # one int per tile (maps span far fewer tiles)
-        for c in torch.unique(code).tolist():
-            rows = (code == c).nonzero().flatten()
-            key = tile[rows[0]].tolist()
+        for key, rows in _by_tile(points):
             local = (points[rows] - torch.tensor(key, dtype=points.dtype) * TILE_M) / CELL_M
             i0 = local.floor().long().clamp(0, round(TILE_M / CELL_M) - 1)
             f = (local - i0).float()
-            grid = self._tile(tuple(key))
+            grid = self._tile(key)
             v00, v10 = grid[i0[:, 0], i0[:, 1]], grid[i0[:, 0] + 1, i0[:, 1]]
             v01, v11 = grid[i0[:, 0], i0[:, 1] + 1], grid[i0[:, 0] + 1, i0[:, 1] + 1]
             out[rows] = ((v00 * (1 - f[:, 0]) + v10 * f[:, 0]) * (1 - f[:, 1])
@@ -270,6 +263,15 @@ class OnRoad:
         if len(unsure):
             distance[unsure] = self.exact_distance(corners[unsure])
         return distance.reshape(-1, 4).amax(-1)
+
+
+def _by_tile(points: torch.Tensor) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
+    """The raster tiles ``points [N, 2]`` fall in: (tile key, the rows of ``points`` in it)."""
+    tile = torch.floor(points / TILE_M).long()
+    code = tile[:, 0] * 1_000_003 + tile[:, 1]  # one int per tile (maps span far fewer tiles)
+    for c in torch.unique(code).tolist():
+        rows = (code == c).nonzero().flatten()
+        yield tuple(tile[rows[0]].tolist()), rows
 
 
 def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
