@@ -839,12 +839,14 @@ def _number_cells(ij: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # --- 7. traffic-light violations ------------------------------------------------
 
 def light_violations(roadmap: RoadMap, x: torch.Tensor, y: torch.Tensor, moving: torch.Tensor,
-                     lights: TrafficLights, history_steps: int, origin: torch.Tensor) -> torch.Tensor:
+                     lights: TrafficLights, history_steps: int, origin: torch.Tensor,
+                     lanes: torch.Tensor | None = None) -> torch.Tensor:
     """Red-light violations (feature 7) ``[R, A, F]`` bool.
 
     ``x, y`` ``[R, A, F + 1]`` local centres from the last history step on;
     ``moving`` ``[R, A, F]``: vehicles valid at t - 1 and t; ``lights``
-    ``[S, T]`` or ``[R, S, T]``.
+    ``[S, T]`` or ``[R, S, T]``; ``lanes``: the driving lanes that can be
+    nearest to the centres (``nearest_vehicle_lane``; all of them by default).
     """
     R, A, F = moving.shape
     out = torch.zeros(R, A, F, dtype=torch.bool)
@@ -861,7 +863,7 @@ def light_violations(roadmap: RoadMap, x: torch.Tensor, y: torch.Tensor, moving:
 
     r, a, t = moving.nonzero().unbind(-1)  # candidate vehicle-steps
     now = torch.stack([x[r, a, t + 1], y[r, a, t + 1]], dim=-1)  # [N, 2]
-    lane = nearest_vehicle_lane(roadmap, now, origin)  # [N]
+    lane = nearest_vehicle_lane(roadmap, now, origin, lanes)  # [N]
     controlled = torch.zeros(roadmap.num_lanes + 1, dtype=torch.bool)  # index -1 (no via lane) lands last
     controlled[approach[stop]] = True
     controlled[via[stop]] = True
@@ -879,9 +881,12 @@ def light_violations(roadmap: RoadMap, x: torch.Tensor, y: torch.Tensor, moving:
     return out
 
 
-def nearest_vehicle_lane(roadmap: RoadMap, points: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest ``LaneKind.DRIVING`` lane of each point ``[N, 2]`` (local frame). ``[N]``."""
-    lanes = roadmap.vehicle_lanes.nonzero()[:, 0]
+def nearest_vehicle_lane(roadmap: RoadMap, points: torch.Tensor, origin: torch.Tensor,
+                         lanes: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest ``LaneKind.DRIVING`` lane of each point ``[N, 2]`` (local frame), among ``lanes``
+    (lane indices; all driving lanes by default). ``[N]``."""
+    if lanes is None:
+        lanes = roadmap.vehicle_lanes.nonzero()[:, 0]
     xy, point_valid = roadmap.lane_xy[lanes].to(FLOAT) - origin, roadmap.lane_point_valid[lanes]
     a, b = polyline_segments(xy, point_valid)  # [M, 2], lane by lane
     lane_of_segment = lanes[:, None].expand_as(point_valid)[:, :-1][point_valid[:, :-1] & point_valid[:, 1:]]

@@ -22,8 +22,10 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    trips, agents leave only through the window's edge).
 4. ``OnRoad.project``: vehicles (and cyclists riding on the road now: a
    cyclist on a bike path may stay there) whose box leaves the drivable area
-   (for vehicles, comes within ``ROAD_MARGIN_M`` of its edge; cyclists ride at
-   the edge itself and may graze the kerb by ``RIDER_SLACK_M``)
+   (for vehicles, comes within ``ROAD_MARGIN_M`` of its edge; a cyclist first
+   seen riding at the kerb, within ``KERB_BAND_M`` of the edge or beyond it,
+   may graze it by ``RIDER_SLACK_M``, one first seen inside its lane keeps
+   inside the edge)
    at some frame are moved, at that frame, toward the nearest driving-lane
    centreline (bisection on the blend: the smallest move that brings all four
    corners inside, heading blended toward the lane's direction on the side
@@ -69,6 +71,14 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    the next frame is tracked and limited from that. Taking it as zero
    started every new agent from rest, so on trips most of them fell behind
    the moving window within a few steps and left it.
+7. ``RedLights``: a vehicle does not cross a stop line whose light is STOP at
+   the step it would cross it, on that light's approach or junction lane (the
+   WOSAC violation feature, ``simgen.metrics.features.light_violations``,
+   itself). Where its executed frame would, it moves only along the way to
+   that frame that stays behind the line (bisection), so it stops at the line
+   and drives on when the light changes. The model's plans alone ran some
+   reds: on held-out Berlin, vehicles crept over a steady red at 3-4 m/s in
+   every rollout of scene 44 (violation likelihood 0.006).
 """
 
 from __future__ import annotations
@@ -82,10 +92,11 @@ from simgen.metrics.features import (
     CORNER_ROUNDING_FACTOR,
     BoxShape,
     Segments,
+    light_violations,
     rounded_box_signed_distance,
     signed_distance_to_rings,
 )
-from simgen.types import DT_S, RoadMap
+from simgen.types import DT_S, LightState, RoadMap, TrafficLights
 from simgen.world.tokenizer import (
     COS,
     DELTA_SCALE_M,
@@ -105,7 +116,11 @@ from simgen.world.tokenizer import (
 SPREAD_FRAMES = 3.0
 BISECTION_STEPS = 6
 ROAD_MARGIN_M = 0.3  # in denoising, vehicle corners are kept this far inside the (rastered) road edge
-RIDER_SLACK_M = 0.1  # cyclists on the road: corners at most this far outside its edge (both checks)
+STOP_LINE_GAP_M = 0.05  # RedLights: a vehicle held at a red light stops this far behind the line
+NEAR_STOP_LINE_M = 15.0  # RedLights: vehicles farther than this from every red stop line cannot cross one in a step
+NEAREST_LANE_M = 10.0  # RedLights: a vehicle's nearest driving lane is searched within this distance
+RIDER_SLACK_M = 0.1  # cyclists riding at the kerb: corners at most this far outside the road's edge (both checks)
+KERB_BAND_M = 0.02  # a cyclist first seen within this of the edge (or beyond it) rides at the kerb (module doc, 4)
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
 RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
@@ -222,16 +237,19 @@ class OnRoad:
         return signed_distance_to_rings(corners, self.a, self.b).reshape(*x0.shape[:3], 4).amax(-1)
 
     def project(self, x0: torch.Tensor, pose: torch.Tensor, ref: torch.Tensor, lane_local: torch.Tensor,
-                lane_valid: torch.Tensor, movable: torch.Tensor, riders: torch.Tensor | None = None,
+                lane_valid: torch.Tensor, movable: torch.Tensor, rider_slack: torch.Tensor | None = None,
                 facing: torch.Tensor | None = None) -> torch.Tensor:
         """Move offroad vehicle tokens of ``movable [B, A]`` rows toward lanes. ``lane_local [B, N, 4]``:
         driving-lane points (AV frame, m / ``POS_SCALE_M``) and their unit direction; ``lane_valid [B, N]``.
-        ``riders [B, A]``: rows of other types held on the road too (cyclists riding on it now). ``facing [B, A, 2]``:
+        ``rider_slack [B, A]``: rows of other types held on the road too (cyclists riding on it now), the distance
+        (m) their corners may reach outside its edge; NaN for the rows it does not hold. ``facing [B, A, 2]``:
         (cos, sin) of the rows' known heading now (AV frame; 0 where unknown), which picks the lane direction."""
         vehicle = is_vehicle(x0)
-        margin = torch.where(vehicle, ROAD_MARGIN_M, -RIDER_SLACK_M)  # [B, A, F] m inside the edge
-        if riders is not None:
-            vehicle |= (x0[..., VALID] > 0) & riders[..., None]
+        margin = torch.full_like(x0[..., VALID], ROAD_MARGIN_M)  # [B, A, F] m inside the edge
+        if rider_slack is not None:
+            riders = (x0[..., VALID] > 0) & ~rider_slack.isnan()[..., None] & ~vehicle
+            margin = torch.where(riders, -rider_slack.nan_to_num(0.0)[..., None], margin)
+            vehicle |= riders
         vehicle &= movable[..., None]
         off = (self.outside(x0, pose, ref) > -margin) & vehicle  # [B, A, F]
         if not off.any() or not lane_valid.any():
@@ -368,6 +386,39 @@ def kinematic_limits(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, pr
     turn = turn.clamp(-YAW_RATE_LIMIT[kind] * DT_S, YAW_RATE_LIMIT[kind] * DT_S)
     out = prev + velocity * DT_S
     return out[:, 0].to(x.dtype), out[:, 1].to(y.dtype), prev_heading + turn
+
+
+class RedLights:
+    """``runs`` (module docstring, 7) for one map, with the driving lanes' bounding boxes kept to find, for each
+    query, the lanes that can be nearest to it (the whole map's took 130 ms a call on Berlin)."""
+
+    def __init__(self, roadmap: RoadMap):
+        self.roadmap = roadmap
+        self.lanes = roadmap.vehicle_lanes.nonzero()[:, 0]
+        xy, ok = roadmap.lane_xy[self.lanes].double(), roadmap.lane_point_valid[self.lanes, :, None]
+        self.low = torch.where(ok, xy, torch.inf).amin(1)  # [L, 2] world frame, m
+        self.high = torch.where(ok, xy, -torch.inf).amax(1)
+
+    def runs(self, lights: TrafficLights, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """``[N]`` which vehicles moving from ``before`` to ``after [N, 2]`` (world frame, m) cross a stop line whose
+        light is STOP in the second of the two steps of ``lights [S, 2]``."""
+        out = torch.zeros(len(before), dtype=torch.bool)
+        stop = lights.valid[:, 1] & (lights.state[:, 1] == LightState.STOP)
+        if not stop.any() or not len(before):
+            return out
+        stop_xy = torch.stack([lights.stop_x[stop, 1], lights.stop_y[stop, 1]], -1).double()
+        near = torch.cdist(after.double(), stop_xy).amin(-1) < NEAR_STOP_LINE_M  # the exact test only near a line
+        if not near.any():
+            return out
+        points = after[near].double()
+        gap = torch.maximum(self.low[None] - points[:, None], points[:, None] - self.high[None]).clamp_min(0)
+        lanes = self.lanes[(gap.norm(dim=-1) < NEAREST_LANE_M).any(0)]  # a lane farther from all cannot be nearest
+        origin = points.mean(0)
+        xy = torch.stack([before[near].double(), points], 1) - origin  # [n, 2 steps, 2]
+        moving = torch.ones(1, len(points), 1, dtype=torch.bool)
+        out[near] = light_violations(self.roadmap, xy[None, ..., 0], xy[None, ..., 1], moving, lights, 1, origin,
+                                     lanes)[0, :, 0]
+        return out
 
 
 def overlapping_pairs(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,

@@ -90,7 +90,8 @@ def make_example(scene: SceneState, context: MapContext, current: int, future: i
     size = torch.stack([t.length, t.width, t.height], dim=-1)
     now = len(HISTORY_OFFSETS) - 1
     anchor = agent_anchor(t.x.double(), t.y.double(), t.valid, pose, now)
-    velocity = agent_velocity(t.x.double(), t.y.double(), t.valid, pose, now)
+    entry = torch.stack([t.vel_x[:, now], t.vel_y[:, now]], -1)  # the log's velocity of an agent entering now
+    velocity = agent_velocity(t.x.double(), t.y.double(), t.valid, pose, now, entry)
     agents = encode_agents(t.x.double(), t.y.double(), t.heading.double(), size, scene.meta.agent_type[rows],
                            t.valid, pose, reference(anchor, velocity, frames - current))
     spare_anchor = torch.zeros(SPARE_SLOTS, 2, dtype=torch.float64)

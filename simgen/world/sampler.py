@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -170,7 +170,8 @@ class Context:
     velocity: torch.Tensor  # [B, A, 2] float64 velocities now, AV frame (m/s); 0 where not valid now and before
     ref: torch.Tensor  # [B, A, H + W, 2] float64 reference lines of the clip's frames (tokenizer docstring)
     anchored: torch.Tensor  # [B, A] valid now
-    riders: torch.Tensor  # [B, A] cyclists on the drivable area now: kept on it like vehicles (constraints, 4)
+    rider_slack: torch.Tensor  # [B, A] m: how far cyclists riding on the road now may graze its edge (constraints,
+    # 4: decided when first seen, ``Carry.rider_slack``); NaN for the rows not held on it
     lights: torch.Tensor  # [B, S, H, LIGHT_CHANNELS]
     known: torch.Tensor  # [B, S, H] light state known
 
@@ -190,6 +191,7 @@ class Carry:
     next_object_id: int = 0
     calls: int = 0  # denoiser calls so far
     entry_velocity: torch.Tensor | None = None  # [B, A, 2] float64 world frame (m/s): new agents' velocity, NaN else
+    rider_slack: torch.Tensor | None = None  # [B, A] m: each cyclist's slack, decided when first seen riding; NaN else
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class WorldSampler:
         self.context = context or MapContext.of(roadmap)
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
         self._lanes = None  # driving-lane points for the on-road check's third choice (``_steer_back``)
+        self._red_lights = None  # made on first use (``_stop_at_red``)
         self._scheduler = None
         W = model.future
         self.levels = staircase(W)  # τ_k before a call
@@ -264,31 +267,40 @@ class WorldSampler:
         valid = stack["valid"] & inside
         now = len(HISTORY_OFFSETS) - 1
         anchor = agent_anchor(stack["x"].double(), stack["y"].double(), valid, pose, now)
-        velocity = agent_velocity(stack["x"].double(), stack["y"].double(), valid, pose, now)
-        if carry is not None and carry.entry_velocity is not None:
-            entered = carry.entry_velocity  # [B, A, 2] world frame
-            cos, sin = torch.cos(pose[:, 2:3]), torch.sin(pose[:, 2:3])
-            local = torch.stack([entered[..., 0] * cos + entered[..., 1] * sin,
-                                 -entered[..., 0] * sin + entered[..., 1] * cos], -1)
-            fresh = valid[..., now] & ~valid[..., now - 1] & ~entered.isnan().any(-1)
-            velocity = torch.where(fresh[..., None], local, velocity)
+        entry = torch.stack([torch.stack([s.traj.vel_x[:, t], s.traj.vel_y[:, t]], -1) for s in scenes])
+        if carry is not None and carry.entry_velocity is not None:  # entered by the sampler: its entry velocity
+            entry = torch.where(carry.entry_velocity.isnan(), entry.double(), carry.entry_velocity)
+        velocity = agent_velocity(stack["x"].double(), stack["y"].double(), valid, pose, now, entry)
         ref = reference(anchor, velocity, self.offsets)
         agents = encode_agents(stack["x"].double(), stack["y"].double(), stack["heading"].double(), size, types,
                                valid, pose, ref[:, :, :len(HISTORY_OFFSETS)])
         state = torch.stack([s.lights.state[:, steps] for s in scenes])
         known = torch.stack([s.lights.valid[:, steps] for s in scenes]) & (state != LightState.UNKNOWN) & inside
         return Context(agents=agents, anchor=anchor, velocity=velocity, ref=ref, anchored=valid[..., now],
-                       riders=self._riders(stack, types, valid[..., now]),
+                       rider_slack=self._rider_slack(stack, types, valid[..., now], carry),
                        lights=encode_light_states(torch.where(known, state, 0)), known=known)
 
-    def _riders(self, frames: dict[str, torch.Tensor], types: torch.Tensor, now: torch.Tensor) -> torch.Tensor:
-        """``[B, A]`` cyclists whose box is on the drivable area at the last context frame of ``frames [B, A, H]``."""
+    def _rider_slack(self, frames: dict[str, torch.Tensor], types: torch.Tensor, now: torch.Tensor,
+                     carry: Carry | None) -> torch.Tensor:
+        """``Context.rider_slack [B, A]`` of the context ``frames``: cyclists valid ``now`` whose box is at most
+        ``RIDER_SLACK_M`` off the road are held on it. A cyclist first seen within ``KERB_BAND_M`` of the edge (or
+        beyond it) rides at the kerb and may graze it by ``RIDER_SLACK_M``; one first seen inside its lane keeps
+        inside the edge (0). The first sight decides (kept in ``carry``), so a cyclist pushed to the edge does not
+        become a kerb rider."""
+        slack = torch.full(types.shape, torch.nan)
         riders = now & (types == AgentType.CYCLIST)
-        if self.on_road is not None and riders.any():
-            b, a = riders.nonzero().unbind(-1)
-            x, y, heading, length, width = (frames[f][b, a, -1] for f in ("x", "y", "heading", "length", "width"))
-            riders[b, a] = self.on_road.outside_boxes(x, y, heading, length, width) <= C.RIDER_SLACK_M
-        return riders
+        if self.on_road is None or not riders.any():
+            return slack
+        b, a = riders.nonzero().unbind(-1)
+        x, y, heading, length, width = (frames[f][b, a, -1] for f in ("x", "y", "heading", "length", "width"))
+        outside = self.on_road.outside_boxes(x, y, heading, length, width)
+        seen = torch.where(outside >= -C.KERB_BAND_M, C.RIDER_SLACK_M, 0.0)
+        if carry is not None and carry.rider_slack is not None:
+            first = carry.rider_slack[b, a].isnan() & (outside <= C.RIDER_SLACK_M)
+            carry.rider_slack[b[first], a[first]] = seen[first]
+            seen = carry.rider_slack[b, a]
+        slack[b, a] = torch.where(outside <= C.RIDER_SLACK_M, seen, torch.nan)
+        return slack
 
     def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
         """Scene rows the model computes this step (module docstring, "Rows")."""
@@ -431,7 +443,8 @@ class WorldSampler:
             x0 = C.keep_valid(x0, anchored)
         x0 = C.soft_clip(x0, anchored)
         if self.on_road is not None:
-            x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable, context.riders[:, rows], facing)
+            x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable, context.rider_slack[:, rows],
+                                      facing)
         if self.options.no_overlap:
             x0 = C.push_apart(x0, ref, movable)
         if given is not None:
@@ -449,7 +462,8 @@ class WorldSampler:
                       lights=torch.randn(B, S, W, LIGHT_CHANNELS, generator=generator), pose=pose,
                       ref=self._context(scenes, pose).ref[:, :, len(HISTORY_OFFSETS):],
                       next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1,
-                      entry_velocity=torch.full((B, A, 2), torch.nan, dtype=torch.float64))
+                      entry_velocity=torch.full((B, A, 2), torch.nan, dtype=torch.float64),
+                      rider_slack=torch.full((B, A), torch.nan))
         if self.options.kind == "amortized":
             x0, l0 = self._full_denoise(scenes, carry, generator)
             carry.agents = _renoise(carry.agents, x0, self.levels, generator)
@@ -519,17 +533,17 @@ class WorldSampler:
             plan[..., VALID] = 1.0
         av = carry.av_plan
         actions = [self._action(b, scenes[b], plan[b], light_frame[b], rows, plan_pose[b], plan_ref[b], pose[b],
-                                carry, None if av is None else tuple(v[b, 0] for v in av), context.riders[b])
+                                carry, None if av is None else tuple(v[b, 0] for v in av), context.rider_slack[b])
                    for b in range(B)]
         return actions, carry
 
     def _action(self, b: int, scene: SceneState, plan: torch.Tensor, light_frame: torch.Tensor, rows: torch.Tensor,
                 plan_pose: torch.Tensor, plan_ref: torch.Tensor, av_pose: torch.Tensor, carry: Carry,
-                av_next: tuple[torch.Tensor, ...] | None, riders: torch.Tensor) -> Action:
+                av_next: tuple[torch.Tensor, ...] | None, rider_slack: torch.Tensor) -> Action:
         """The executed frame of scene ``b`` as an ``Action`` for its controlled rows, from the clean ``plan
         [A, K, C]`` of the next K frames (in the AV frame of ``plan_pose``, relative to ``plan_ref [A, K, 2]``; frame
         1 gives validity, type and size). ``av_next``: the AV's next pose (x, y, heading) from its plan;
-        ``riders [A]``: ``Context.riders``."""
+        ``rider_slack [A]``: ``Context.rider_slack``."""
         t = scene.step
         decoded = decode_agents(plan, plan_pose, plan_ref)
         traj, meta = scene.traj, scene.meta
@@ -578,10 +592,10 @@ class WorldSampler:
                               yaw_rate)
             x[c], y[c], heading[c] = C.kinematic_limits(*tracked, *now, velocity, agent_type[c])
         if self.on_road is not None:  # executed-frame check: a vehicle that would leave the road holds its pose
-            road_user = valid & ((agent_type == AgentType.VEHICLE) | riders)
+            road_user = valid & ((agent_type == AgentType.VEHICLE) | ~rider_slack.isnan())
             if self.fixed is not None:
                 road_user[self.fixed.rows] = False
-            slack = torch.where(agent_type == AgentType.VEHICLE, 0.0, C.RIDER_SLACK_M)
+            slack = torch.where(agent_type == AgentType.VEHICLE, 0.0, rider_slack.nan_to_num(0.0))
             stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user, slack)
             retry = stuck & continuing
             if retry.any():  # the tracked frame leaves the road: try the plan's next frame within the limits
@@ -599,6 +613,15 @@ class WorldSampler:
             x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
                                                                         (traj.heading, heading)))
             valid = valid & ~(stuck & ~hold)
+        light_state = scene.lights.state[:, t].clone()
+        if scene.lights.num_slots and not self.options.model_lights:
+            light_state = self._program(scene, torch.arange(scene.lights.num_slots), torch.tensor([t + 1]))[:, 0]
+        elif scene.lights.num_slots:
+            slots = self._light_slots([scene], av_pose[None])
+            light_state[slots] = decode_light_states(light_frame[slots])
+        if scene.lights.num_slots:  # a vehicle stops at a red light's stop line (constraints docstring, 7)
+            moving = continuing & (agent_type == AgentType.VEHICLE)
+            x, y, heading = self._stop_at_red(scene, t, x, y, heading, moving, light_state)
         if self.options.no_overlap:
             x, y, heading, valid = self._separate(scene, x, y, heading, length, width, valid, controlled, av_next)
         e = (new & valid).nonzero().flatten()  # a new agent enters at its plan's speed, along its heading
@@ -606,15 +629,40 @@ class WorldSampler:
         ahead = torch.stack([torch.cos(heading[e]), torch.sin(heading[e])], -1).double()
         speed = torch.minimum((fit * ahead).sum(-1).clamp_min(0), C.ENTRY_SPEED_LIMIT[agent_type[e].long()].double())
         carry.entry_velocity[b, e] = speed[:, None] * ahead
-        light_state = scene.lights.state[:, t].clone()
-        if scene.lights.num_slots and not self.options.model_lights:
-            light_state = self._program(scene, torch.arange(scene.lights.num_slots), torch.tensor([t + 1]))[:, 0]
-        elif scene.lights.num_slots:
-            slots = self._light_slots([scene], av_pose[None])
-            light_state[slots] = decode_light_states(light_frame[slots])
         return Action(x=x, y=y, heading=heading, valid=valid, controlled=controlled, length=length, width=width,
                       height=torch.where(keep, traj.height[:, t], size[:, 2]), agent_type=agent_type,
                       object_id=object_id, light_state=light_state)
+
+    def _stop_at_red(self, scene: SceneState, t: int, x, y, heading, rows: torch.Tensor, light_state: torch.Tensor):
+        """The poses ``x, y, heading [A]`` with each of ``rows`` that would run a red light (``constraints.RedLights``,
+        the lights at ``t + 1`` being ``light_state [S]``) moved back along its step to the farthest point, found by
+        bisection, that stays ``STOP_LINE_GAP_M`` behind the stop line."""
+        r = rows.nonzero().flatten()
+        if not len(r):
+            return x, y, heading
+        lights = scene.lights.index_axis("T", torch.tensor([t, t]))
+        lights = replace(lights, state=torch.stack([lights.state[:, 0], light_state], 1))
+        before = torch.stack([scene.traj.x[r, t], scene.traj.y[r, t]], -1).double()
+        after = torch.stack([x[r], y[r]], -1).double()
+        if self._red_lights is None:
+            self._red_lights = C.RedLights(self.roadmap)
+        red = self._red_lights.runs(lights, before, after)
+        if not red.any():
+            return x, y, heading
+        r, before, after = r[red], before[red], after[red]
+        lo, hi = torch.zeros(len(r), 1, dtype=torch.float64), torch.ones(len(r), 1, dtype=torch.float64)
+        for _ in range(C.BISECTION_STEPS + 2):
+            mid = (lo + hi) / 2
+            crosses = self._red_lights.runs(lights, before, before + mid * (after - before))[:, None]
+            hi, lo = torch.where(crosses, mid, hi), torch.where(crosses, lo, mid)
+        step = (after - before).norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        lo = (lo - C.STOP_LINE_GAP_M / step).clamp_min(0.0)  # a gap float32 poses cannot round across
+        x, y, heading = x.clone(), y.clone(), heading.clone()
+        xy = before + lo * (after - before)
+        x[r], y[r] = xy[:, 0].to(x.dtype), xy[:, 1].to(y.dtype)
+        turn = wrap(heading[r].double() - scene.traj.heading[r, t].double())
+        heading[r] = (scene.traj.heading[r, t].double() + lo[:, 0] * turn).to(heading.dtype)
+        return x, y, heading
 
     def _steer_back(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor):
         """The on-road check's third choice (``constraints`` docstring, 4): the poses ``x, y, heading [A]`` of ``rows``

@@ -134,15 +134,22 @@ def agent_anchor(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, pose: to
 
 
 def agent_velocity(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, pose: torch.Tensor,
-                   current: int) -> torch.Tensor:
+                   current: int, entry: torch.Tensor | None = None) -> torch.Tensor:
     """Velocities ``[.., A, 2]`` (AV frame of ``pose``, m/s): each agent's displacement from frame
-    ``current - 1`` to ``current`` of ``x, y, valid`` ``[.., A, T]`` (world frame, consecutive steps there), or 0
-    where it is not valid at both."""
+    ``current - 1`` to ``current`` of ``x, y, valid`` ``[.., A, T]`` (world frame, consecutive steps there).
+    An agent valid at ``current`` only (it just entered) has its ``entry [.., A, 2]`` velocity (world frame, m/s;
+    the log's, or the one the sampler entered it with), or 0 where that is NaN or not given."""
     both = valid[..., current - 1:current + 1].all(-1, keepdim=True)
     dx, dy = x[..., current] - x[..., current - 1], y[..., current] - y[..., current - 1]
     cos, sin = torch.cos(pose[..., 2:3]), torch.sin(pose[..., 2:3])
     velocity = torch.stack([dx * cos + dy * sin, -dx * sin + dy * cos], dim=-1) / DT_S
-    return torch.where(both, velocity, 0.0)
+    entered = torch.zeros_like(velocity)
+    if entry is not None:
+        entry = entry.to(velocity.dtype).nan_to_num(0.0)
+        entered = torch.stack([entry[..., 0] * cos + entry[..., 1] * sin,
+                               -entry[..., 0] * sin + entry[..., 1] * cos], dim=-1)
+    fresh = valid[..., current:current + 1] & ~both
+    return torch.where(both, velocity, torch.where(fresh, entered, 0.0))
 
 
 def reference(anchor: torch.Tensor, velocity: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -39,11 +39,21 @@ def test_agents_round_trip_to_the_world_frame(generator):
     x[0] = 1000.0 + 1.2 * torch.arange(7, dtype=torch.float64)  # agent 0 cruises at 12 m/s along world x
     y[0] = -450.0
     valid[0] = True
+    valid[1, 2], valid[1, 3] = False, True  # agent 1 enters now
     anchor = agent_anchor(x, y, valid, pose, current=3)
     velocity = agent_velocity(x, y, valid, pose, current=3)
     assert (anchor[~valid[:, 3]] == 0).all(), "agents absent now have no anchor"
     assert (velocity[~(valid[:, 2] & valid[:, 3])] == 0).all(), "no velocity without the frame before"
     assert torch.allclose(velocity[0].norm(), torch.tensor(12.0, dtype=torch.float64)), "m/s"
+    entry = torch.tensor([3.0, 4.0], dtype=torch.float64).expand(len(x), 2)  # world frame, 5 m/s
+    entered = agent_velocity(x, y, valid, pose, current=3, entry=entry)
+    fresh = valid[:, 3] & ~valid[:, 2]
+    assert torch.equal(entered[~fresh], velocity[~fresh]), "the entry velocity is only for agents entering now"
+    heading_of = torch.atan2(entered[1, 1], entered[1, 0]) + pose[2]
+    assert torch.allclose(entered[1].norm(), torch.tensor(5.0, dtype=torch.float64))
+    assert torch.allclose(heading_of, torch.atan2(torch.tensor(4.0), torch.tensor(3.0)).double()), "AV frame"
+    unknown = agent_velocity(x, y, valid, pose, current=3, entry=torch.full_like(entry, torch.nan))
+    assert (unknown[1] == 0).all(), "an unknown (NaN) entry velocity is 0"
     ref = reference(anchor, velocity, torch.arange(7) - 3)
     channels = encode_agents(x, y, heading, size, types, valid, pose, ref)
     assert channels.shape == (5, 7, 11)

@@ -12,8 +12,9 @@ from simgen.agents import PolicyContext, make_policy
 from simgen.io import load_logs
 from simgen.sim.env import step as env_step
 from simgen.sim.rollout import mask_future
-from simgen.types import DT_S, AgentType
-from simgen.world.constraints import RIDER_SLACK_M, OnRoad
+from simgen.metrics.features import light_violations
+from simgen.types import DT_S, AgentType, LightState
+from simgen.world.constraints import KERB_BAND_M, RIDER_SLACK_M, OnRoad, RedLights
 from simgen.world.sampler import CheckpointError, FixedAgents, SamplerOptions, WorldModel, WorldSampler
 
 STEPS = 12
@@ -68,6 +69,22 @@ def test_rollouts_are_deterministic_and_keep_the_protocol_rows(tiny_checkpoint, 
         assert torch.equal(s.traj.x[:, :t0 + 1], log.traj.x[:, :t0 + 1]), "history is untouched"
 
 
+def _moved_sideways(on_road: OnRoad, traj, row: int, t: int, outside: float):
+    """``traj`` with ``row``'s frames up to step ``t`` moved sideways (the normal of its heading at ``t``) so that
+    its box there is ``outside`` m off the road (within 5 mm; negative: inside)."""
+    shift = torch.linspace(-4.0, 4.0, 1601)
+    normal = torch.stack([-torch.sin(traj.heading[row, t]), torch.cos(traj.heading[row, t])])
+    n = len(shift)
+    d = on_road.outside_boxes(traj.x[row, t] + shift * normal[0], traj.y[row, t] + shift * normal[1],
+                              traj.heading[row, t].expand(n), traj.length[row, t].expand(n),
+                              traj.width[row, t].expand(n))
+    best = shift[(d - outside).abs().argmin()]
+    x, y = traj.x.clone(), traj.y.clone()
+    x[row, :t + 1] += best * normal[0]
+    y[row, :t + 1] += best * normal[1]
+    return replace(traj, x=x, y=y)
+
+
 def test_vehicles_and_riding_cyclists_stay_on_the_road_in_every_executed_frame(tiny_checkpoint, scene):
     model = WorldModel.load(tiny_checkpoint)  # barely trained: it proposes off-road boxes all the time
     roadmap, log = scene
@@ -75,11 +92,21 @@ def test_vehicles_and_riding_cyclists_stay_on_the_road_in_every_executed_frame(t
     t0 = log.step
     logged_off = on_road.outside_boxes(log.traj.x[:, t0], log.traj.y[:, t0], log.traj.heading[:, t0],
                                        log.traj.length[:, t0], log.traj.width[:, t0]) > 0
-    riders = (log.traj.valid[:, t0] & ~logged_off & ~log.meta.is_av).nonzero().flatten()[::2]  # ride on the road now
-    assert len(riders) >= 2
+    riders = (log.traj.valid[:, t0] & ~logged_off & ~log.meta.is_av).nonzero().flatten()[:4]  # ride on the road now
+    assert len(riders) >= 4
+    # half ride 6 cm inside the road's edge (in their lane: they keep inside it), half 1 cm (at the kerb: they may
+    # graze it by RIDER_SLACK_M)
+    at_kerb = torch.arange(len(riders)) % 2 == 1
     start = mask_future(log)
-    start = replace(start, meta=replace(start.meta, agent_type=start.meta.agent_type.index_fill(
+    traj = start.traj
+    for row, kerb in zip(riders.tolist(), at_kerb.tolist()):
+        traj = _moved_sideways(on_road, traj, row, t0, -0.01 if kerb else -0.06)
+    edge = on_road.outside_boxes(traj.x[riders, t0], traj.y[riders, t0], traj.heading[riders, t0],
+                                 traj.length[riders, t0], traj.width[riders, t0])
+    assert torch.equal(edge >= -KERB_BAND_M, at_kerb) and (edge < 0).all()
+    start = replace(start, traj=traj, meta=replace(start.meta, agent_type=start.meta.agent_type.index_fill(
         0, riders, int(AgentType.CYCLIST))))
+    rider_slack = torch.zeros(log.num_agents).index_put((riders,), torch.where(at_kerb, RIDER_SLACK_M, 0.0))
     scenes, _ = run(model, roadmap, start, SamplerOptions(spawn=True, drive_av=False))
     for s in scenes:
         road_user = (s.meta.agent_type == AgentType.VEHICLE).index_fill(0, riders, True)  # not spawned cyclists
@@ -87,7 +114,7 @@ def test_vehicles_and_riding_cyclists_stay_on_the_road_in_every_executed_frame(t
             v = s.traj.valid[:, t] & road_user & ~logged_off
             d = on_road.outside_boxes(s.traj.x[v, t], s.traj.y[v, t], s.traj.heading[v, t], s.traj.length[v, t],
                                       s.traj.width[v, t])
-            slack = torch.where(s.meta.agent_type[v] == AgentType.VEHICLE, 0.0, RIDER_SLACK_M)  # cyclists: the kerb
+            slack = torch.where(s.meta.agent_type[v] == AgentType.VEHICLE, 0.0, rider_slack[v])
             assert (d <= slack).all(), f"vehicle or riding cyclist off the road at step {t}: {(d - slack).max():.3f} m"
             off = s.traj.valid[:, t] & s.traj.valid[:, t - 1] & (s.meta.agent_type == AgentType.VEHICLE) & logged_off
             now, before = (on_road.outside_boxes(s.traj.x[off, k], s.traj.y[off, k], s.traj.heading[off, k],
@@ -95,6 +122,42 @@ def test_vehicles_and_riding_cyclists_stay_on_the_road_in_every_executed_frame(t
             assert ((now <= 0) | (now <= before)).all(), "a vehicle already off the road moved farther off"
             back = s.traj.valid[:, t] & ~s.traj.valid[:, t - 1] & s.traj.valid[:, :t - 1].any(-1)
             assert not back.any(), f"an agent that left came back at step {t} (rows are never reused)"
+
+
+def test_vehicles_never_run_a_red_light_in_an_executed_frame(tiny_checkpoint, scene):
+    model = WorldModel.load(tiny_checkpoint)  # barely trained: its lights and its vehicles ignore each other
+    roadmap, log = scene
+    t0 = log.step
+    scenes, _ = run(model, roadmap, mask_future(log), SamplerOptions(spawn=False, drive_av=True), steps=40)
+    red = 0
+    for s in scenes:
+        traj = s.traj.index_axis("T", torch.arange(t0, t0 + 41))
+        origin = torch.stack([traj.x[traj.valid].double().mean(), traj.y[traj.valid].double().mean()])
+        moving = (traj.valid[:, 1:] & traj.valid[:, :-1] & (s.meta.agent_type == AgentType.VEHICLE)[:, None])[None]
+        lights = s.lights.index_axis("T", torch.arange(t0, t0 + 41))
+        x, y = (traj.x.double() - origin[0])[None], (traj.y.double() - origin[1])[None]
+        assert not light_violations(roadmap, x, y, moving, lights, 1, origin).any(), "a vehicle ran a red light"
+        red += int((lights.valid[:, 1:] & (lights.state[:, 1:] == LightState.STOP)).sum())
+    assert red > 0, "the model's lights showed red"
+
+
+def test_red_light_check_equals_the_violation_metric(scene):
+    roadmap, log = scene
+    check = RedLights(roadmap)
+    g = torch.Generator().manual_seed(0)
+    found = 0
+    for t in range(log.step, log.num_steps - 1, 2):
+        lights = log.lights.index_axis("T", torch.tensor([t, t + 1]))
+        v = log.traj.valid[:, t] & log.traj.valid[:, t + 1] & (log.meta.agent_type == AgentType.VEHICLE)
+        before = torch.stack([log.traj.x[v, t], log.traj.y[v, t]], -1).double()
+        after = before + 4 * torch.randn(before.shape, generator=g, dtype=torch.float64)  # some cross a line
+        origin = before.mean(0)
+        xy = torch.stack([before, after], 1) - origin
+        metric = light_violations(roadmap, xy[None, ..., 0], xy[None, ..., 1],
+                                  torch.ones(1, len(before), 1, dtype=torch.bool), lights, 1, origin)[0, :, 0]
+        assert torch.equal(check.runs(lights, before, after), metric)
+        found += int(metric.sum())
+    assert found >= 3
 
 
 def test_fixed_agents_follow_their_trajectories_exactly(tiny_checkpoint, scene):
