@@ -232,7 +232,7 @@ class WorldSampler:
         self.context = context or MapContext.of(roadmap)
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
         self._lanes = None  # driving-lane points for the on-road check's third choice (``_steer_back``)
-        self._red_lights = None  # made on first use (``_stop_at_red``)
+        self.red_lights = C.RedLights(roadmap)  # the executed frame's red-light check (``_stop_at_red``)
         self._scheduler = None
         W = model.future
         self.levels = staircase(W)  # τ_k before a call
@@ -294,12 +294,13 @@ class WorldSampler:
         b, a = riders.nonzero().unbind(-1)
         x, y, heading, length, width = (frames[f][b, a, -1] for f in ("x", "y", "heading", "length", "width"))
         outside = self.on_road.outside_boxes(x, y, heading, length, width)
+        on = outside <= C.RIDER_SLACK_M
         seen = torch.where(outside >= -C.KERB_BAND_M, C.RIDER_SLACK_M, 0.0)
         if carry is not None and carry.rider_slack is not None:
-            first = carry.rider_slack[b, a].isnan() & (outside <= C.RIDER_SLACK_M)
+            first = carry.rider_slack[b, a].isnan() & on
             carry.rider_slack[b[first], a[first]] = seen[first]
             seen = carry.rider_slack[b, a]
-        slack[b, a] = torch.where(outside <= C.RIDER_SLACK_M, seen, torch.nan)
+        slack[b, a] = torch.where(on, seen, torch.nan)
         return slack
 
     def _rows(self, scenes: list[SceneState], context: Context, fixed: torch.Tensor | None) -> torch.Tensor:
@@ -644,16 +645,14 @@ class WorldSampler:
         lights = replace(lights, state=torch.stack([lights.state[:, 0], light_state], 1))
         before = torch.stack([scene.traj.x[r, t], scene.traj.y[r, t]], -1).double()
         after = torch.stack([x[r], y[r]], -1).double()
-        if self._red_lights is None:
-            self._red_lights = C.RedLights(self.roadmap)
-        red = self._red_lights.runs(lights, before, after)
+        red = self.red_lights.runs(lights, before, after)
         if not red.any():
             return x, y, heading
         r, before, after = r[red], before[red], after[red]
         lo, hi = torch.zeros(len(r), 1, dtype=torch.float64), torch.ones(len(r), 1, dtype=torch.float64)
         for _ in range(C.BISECTION_STEPS + 2):
             mid = (lo + hi) / 2
-            crosses = self._red_lights.runs(lights, before, before + mid * (after - before))[:, None]
+            crosses = self.red_lights.runs(lights, before, before + mid * (after - before))[:, None]
             hi, lo = torch.where(crosses, mid, hi), torch.where(crosses, lo, mid)
         step = (after - before).norm(dim=-1, keepdim=True).clamp_min(1e-9)
         lo = (lo - C.STOP_LINE_GAP_M / step).clamp_min(0.0)  # a gap float32 poses cannot round across
