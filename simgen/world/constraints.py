@@ -123,6 +123,7 @@ RIDER_SLACK_M = 0.1  # cyclists riding at the kerb: corners at most this far out
 KERB_BAND_M = 0.02  # a cyclist first seen within this of the edge (or beyond it) rides at the kerb (module doc, 4)
 TILE_M = 128.0  # signed-distance raster tiles (denoising-time projection)
 CELL_M = 0.5
+CELLS = round(TILE_M / CELL_M)  # cells along a tile's side
 RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
 LOCAL_MARGIN_M = 2.0  # exact_distance: a tile's own segments are those within this distance of it
 CIRCLES = 3  # discs per box in push_apart
@@ -167,18 +168,22 @@ class OnRoad:
     def __init__(self, roadmap: RoadMap):
         a, b = roadmap.road_edge_segments
         self.a, self.b = a.double(), b.double()
-        self.tiles: dict[tuple[int, int], torch.Tensor] = {}
+        self.index: dict[tuple[int, int], int] = {}  # tile key -> its grid in ``grids`` (the first len(index))
+        self.grids = torch.empty(0, CELLS + 1, CELLS + 1)
         self.local: dict[tuple[int, int], Segments] = {}
 
-    def _tile(self, key: tuple[int, int]) -> torch.Tensor:
-        """Signed distance (m) at the cell corners of tile ``key``: ``[n + 1, n + 1]``, built once."""
-        if key not in self.tiles:
-            n = round(TILE_M / CELL_M)
-            ticks = torch.arange(n + 1, dtype=torch.float64) * CELL_M
+    def _tile(self, key: tuple[int, int]) -> int:
+        """The index in ``grids`` of tile ``key``'s signed distances (m) at its cell corners, built once."""
+        if key not in self.index:
+            ticks = torch.arange(CELLS + 1, dtype=torch.float64) * CELL_M
             gx, gy = torch.meshgrid(key[0] * TILE_M + ticks, key[1] * TILE_M + ticks, indexing="ij")
             points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
-            self.tiles[key] = signed_distance_to_rings(points, self.a, self.b).reshape(n + 1, n + 1).float()
-        return self.tiles[key]
+            built = len(self.index)
+            if built == len(self.grids):  # room doubles, so building T tiles copies O(T) grids
+                self.grids = torch.cat([self.grids, torch.empty(max(built, 4), CELLS + 1, CELLS + 1)])
+            self.grids[built] = signed_distance_to_rings(points, self.a, self.b).reshape(CELLS + 1, CELLS + 1)
+            self.index[key] = built
+        return self.index[key]
 
     def _local(self, key: tuple[int, int]) -> Segments:
         """The segments of tile ``key`` grown by ``LOCAL_MARGIN_M`` (the rest cannot be nearer its points)."""
@@ -200,9 +205,10 @@ class OnRoad:
             segments = self._local(key)
             p = points[rows]
             origin = torch.tensor(key, dtype=torch.float64) * TILE_M
-            corner = ((p - origin) / CELL_M).round().long().clamp(0, round(TILE_M / CELL_M))
+            corner = ((p - origin) / CELL_M).round().long().clamp(0, CELLS)
             corner_xy = origin + corner.double() * CELL_M
-            corner_side = self._tile(key)[corner[:, 0], corner[:, 1]]
+            grid = self._tile(key)  # before reading ``grids``: it may build the tile
+            corner_side = self.grids[grid, corner[:, 0], corner[:, 1]]
             every = torch.arange(len(segments)).expand(len(rows), -1)
             distance = segments.squared_distance(p[:, :1], p[:, 1:], every).amin(-1).sqrt()
             inside = (corner_side < 0) ^ (segments.crossings(corner_xy, p, every) % 2 == 1)
@@ -215,17 +221,16 @@ class OnRoad:
     def raster_distance(self, points: torch.Tensor) -> torch.Tensor:
         """Bilinear signed distance (m) from the rastered tiles at ``points [N, 2]`` (world frame, m).
         Within about ``CELL_M / 2`` of the exact value (1-Lipschitz)."""
-        out = torch.empty(len(points))
-        for key, rows in _by_tile(points):
-            local = (points[rows] - torch.tensor(key, dtype=points.dtype) * TILE_M) / CELL_M
-            i0 = local.floor().long().clamp(0, round(TILE_M / CELL_M) - 1)
-            f = (local - i0).float()
-            grid = self._tile(key)
-            v00, v10 = grid[i0[:, 0], i0[:, 1]], grid[i0[:, 0] + 1, i0[:, 1]]
-            v01, v11 = grid[i0[:, 0], i0[:, 1] + 1], grid[i0[:, 0] + 1, i0[:, 1] + 1]
-            out[rows] = ((v00 * (1 - f[:, 0]) + v10 * f[:, 0]) * (1 - f[:, 1])
-                         + (v01 * (1 - f[:, 0]) + v11 * f[:, 0]) * f[:, 1])
-        return out
+        tile, keys, inverse = _tiles(points)
+        grid = torch.tensor([self._tile(key) for key in keys], dtype=torch.long)[inverse]
+        local = (points - tile.to(points.dtype) * TILE_M) / CELL_M
+        i0 = local.floor().long().clamp(0, CELLS - 1)
+        f = (local - i0).float()
+        flat = self.grids.reshape(-1)
+        at = (grid * (CELLS + 1) + i0[:, 0]) * (CELLS + 1) + i0[:, 1]  # corner (i, j) of each point's cell
+        v00, v10, v01, v11 = flat[at], flat[at + CELLS + 1], flat[at + 1], flat[at + CELLS + 2]
+        return ((v00 * (1 - f[:, 0]) + v10 * f[:, 0]) * (1 - f[:, 1])
+                + (v01 * (1 - f[:, 0]) + v11 * f[:, 0]) * f[:, 1])
 
     def outside(self, x0: torch.Tensor, pose: torch.Tensor, ref: torch.Tensor, exact: bool = False
                 ) -> torch.Tensor:
@@ -283,13 +288,21 @@ class OnRoad:
         return distance.reshape(-1, 4).amax(-1)
 
 
-def _by_tile(points: torch.Tensor) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
-    """The raster tiles ``points [N, 2]`` fall in: (tile key, the rows of ``points`` in it)."""
+def _tiles(points: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
+    """The raster tiles ``points [N, 2]`` fall in: each point's tile ``[N, 2]``, the distinct tile keys, and each
+    point's index among them ``[N]``."""
     tile = torch.floor(points / TILE_M).long()
     code = tile[:, 0] * 1_000_003 + tile[:, 1]  # one int per tile (maps span far fewer tiles)
-    for c in torch.unique(code).tolist():
-        rows = (code == c).nonzero().flatten()
-        yield tuple(tile[rows[0]].tolist()), rows
+    codes, inverse = torch.unique(code, return_inverse=True)
+    one = torch.zeros(len(codes), dtype=torch.long).scatter_(0, inverse, torch.arange(len(code)))  # a point of each
+    return tile, [tuple(k) for k in tile[one].tolist()], inverse
+
+
+def _by_tile(points: torch.Tensor) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
+    """The raster tiles ``points [N, 2]`` fall in: (tile key, the rows of ``points`` in it)."""
+    _, keys, inverse = _tiles(points)
+    for i, key in enumerate(keys):
+        yield key, (inverse == i).nonzero().flatten()
 
 
 def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

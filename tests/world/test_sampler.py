@@ -297,6 +297,23 @@ def test_on_road_check_has_the_exact_sign(scene):
     assert (exact.abs() < 0.75).float().mean() > 0.1  # many of them where the raster alone could be wrong
 
 
+def test_raster_distance_is_within_its_error_bound_on_every_tile(scene):
+    """The bilinear raster, read from many tiles in one call, stays within ``RASTER_ERROR_M`` of the exact signed
+    distance: each point reads its own tile's grid."""
+    from simgen.metrics.features import signed_distance_to_rings
+    from simgen.world.constraints import RASTER_ERROR_M, TILE_M
+
+    roadmap, _ = scene
+    on_road = OnRoad(roadmap)
+    g = torch.Generator().manual_seed(2)
+    near = on_road.a[torch.randint(len(on_road.a), (3000,), generator=g)]
+    points = near + 3.0 * torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    raster = on_road.raster_distance(points).double()
+    exact = signed_distance_to_rings(points, on_road.a, on_road.b)
+    assert len(torch.unique(torch.floor(points / TILE_M), dim=0)) >= 4  # one call spanning several tiles
+    assert (raster - exact).abs().max() <= RASTER_ERROR_M
+
+
 def test_on_roads_exact_distance_from_each_tiles_own_segments_equals_the_whole_maps(scene):
     """``OnRoad.exact_distance`` (a tile's own segments and its raster corner's side) gives exactly the signed
     distance of the whole map's computation, near the edges and away from them."""
