@@ -34,8 +34,8 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    moves. ``OnRoad.outside_boxes`` is the exact executed-frame check
    (``WorldSampler``): where the executed frame (6) would leave the road, the
    plan's own next frame (within the limits) is tried, then the executed frame
-   steered toward the agent's lane (``toward_lanes``: the smallest blend, by
-   bisection, that keeps the road), and an agent still outside holds its
+   steered toward the agent's lane (``toward_lanes``: the smallest of 64 blends,
+   all checked at once, that keeps the road), and an agent still outside holds its
    previous pose (or, if it just appeared, is not spawned), so the constraint
    holds in every executed frame. Without the steering, a car whose plan ran
    straight where the road curves reached the kerb and, heading out, was held
@@ -502,10 +502,10 @@ def _nearest_lane(x0: torch.Tensor, ref: torch.Tensor, lanes: torch.Tensor, vali
 
 
 def toward_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes: torch.Tensor):
-    """For world-frame poses ``[N]`` (m, rad), a function of ``weight [N]`` giving the poses moved that fraction of the
-    way to the nearest driving lane on the side they face, as ``OnRoad.project`` moves tokens (the foot of the
-    perpendicular, the lane's direction). ``lanes [M, 4]``: world-frame lane points (m) and their unit directions
-    (cos, sin). The nearest lane is found once, so a bisection over the weight costs one search."""
+    """For world-frame poses ``[N]`` (m, rad), a function of ``weight [N]`` or ``[N, K]`` giving the poses moved that
+    fraction of the way to the nearest driving lane on the side they face, as ``OnRoad.project`` moves tokens (the
+    foot of the perpendicular, the lane's direction), shaped like ``weight``. ``lanes [M, 4]``: world-frame lane
+    points (m) and their unit directions (cos, sin). The nearest lane is found once, for any number of weights."""
     tokens = torch.zeros(1, len(x), 1, COS + 1, dtype=torch.float64)  # validity, position, heading
     tokens[0, :, 0, X], tokens[0, :, 0, Y] = x.double() / DELTA_SCALE_M, y.double() / DELTA_SCALE_M
     tokens[0, :, 0, SIN], tokens[0, :, 0, COS] = torch.sin(heading.double()), torch.cos(heading.double())
@@ -514,8 +514,12 @@ def toward_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes:
                            torch.ones(1, len(lanes), dtype=torch.bool))
 
     def at(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        moved = _blend(tokens, target, weight.double()[None, :, None])[0, :, 0]
-        return moved[:, X] * DELTA_SCALE_M, moved[:, Y] * DELTA_SCALE_M, torch.atan2(moved[:, SIN], moved[:, COS])
+        w = weight.double().reshape(len(x), -1)  # [N, K]
+        k = w.shape[1]
+        moved = _blend(tokens.expand(-1, -1, k, -1), target.expand(-1, -1, k, -1), w[None])[0]  # [N, K, C]
+        heading = torch.atan2(moved[..., SIN], moved[..., COS])
+        return tuple(v.reshape(weight.shape) for v in (moved[..., X] * DELTA_SCALE_M, moved[..., Y] * DELTA_SCALE_M,
+                                                       heading))
 
     return at
 

@@ -665,8 +665,9 @@ class WorldSampler:
 
     def _steer_back(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor):
         """The on-road check's third choice (``constraints`` docstring, 4): the poses ``x, y, heading [A]`` of ``rows``
-        moved toward their driving lane (``constraints.toward_lanes``) by the smallest blend, found by bisection, that
-        keeps them on the road. Returns the poses and ``[A]`` which rows it saved."""
+        moved toward their driving lane (``constraints.toward_lanes``) by the smallest blend k / 2^``BISECTION_STEPS``
+        that keeps them on the road (all blends checked in one call). Returns the poses and ``[A]`` which rows it
+        saved."""
         r = rows.nonzero().flatten()
         if self._lanes is None:  # every driving-lane point of the map and its direction, world frame
             bank = self.context.bank
@@ -674,39 +675,36 @@ class WorldSampler:
             ahead = torch.cat([points[:, 1:] - points[:, :-1], points[:, -1:] - points[:, -2:-1]], dim=1)
             ahead = ahead / ahead.norm(dim=-1, keepdim=True).clamp_min(1e-9)
             self._lanes = torch.cat([points, ahead], dim=-1).reshape(-1, 4)
-
-        steer = C.toward_lanes(x[r], y[r], heading[r], self._lanes)
-
-        def at(weight):
-            moved = steer(weight)
-            out = [v.clone() for v in (x, y, heading)]
-            for v, m in zip(out, moved):
-                v[r] = m.to(v.dtype)
-            return out
-
-        lo, hi = torch.zeros(len(r), dtype=torch.float64), torch.ones(len(r), dtype=torch.float64)
-        for _ in range(C.BISECTION_STEPS):
-            mid = (lo + hi) / 2
-            inside = ~self._leaves_road(traj, t, *at(mid), length, width, rows, slack)[r]
-            hi, lo = torch.where(inside, mid, hi), torch.where(inside, lo, mid)
-        poses = at(hi)
-        ok = rows & ~self._leaves_road(traj, t, *poses, length, width, rows, slack)
-        return (*(torch.where(ok, p, v) for p, v in zip(poses, (x, y, heading))), ok)
+        tries = 2 ** C.BISECTION_STEPS
+        weight = (torch.arange(1, tries + 1, dtype=torch.float64) / tries).expand(len(r), tries)
+        moved = C.toward_lanes(x[r], y[r], heading[r], self._lanes)(weight)  # x, y, heading [n, tries]
+        after = self.on_road.outside_boxes(*(v.flatten() for v in moved), length[r].repeat_interleave(tries),
+                                           width[r].repeat_interleave(tries)).reshape(len(r), tries)
+        known = traj.valid[r, t]
+        before = torch.full((len(r),), torch.nan, dtype=torch.float64)
+        before[known] = self.on_road.outside_boxes(traj.x[r[known], t], traj.y[r[known], t],
+                                                   traj.heading[r[known], t], length[r[known]], width[r[known]])
+        fine = ~_leaving(after, before[:, None], slack[r, None])  # [n, tries]
+        least = fine.to(torch.uint8).argmax(1, keepdim=True)  # the first blend that keeps the road
+        ok = torch.zeros_like(rows)
+        ok[r] = fine.any(1)
+        out = [v.clone() for v in (x, y, heading)]
+        for v, m in zip(out, moved):
+            v[r] = torch.where(ok[r], m.gather(1, least)[:, 0].to(v.dtype), v[r])
+        return (*out, ok)
 
     def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor,
                      slack: torch.Tensor) -> torch.Tensor:
-        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]``: a box more than
-        ``slack [A]`` (m) off the road that was within it at step ``t`` (or is new), or one already farther off that
-        gets farther still (e.g. out of a driveway)."""
+        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]`` (``_leaving``, from where
+        they were at step ``t``)."""
         out = rows.clone()
         on = rows.nonzero().flatten()
         after = self.on_road.outside_boxes(x[on], y[on], heading[on], length[on], width[on])
-        out[on] = after > slack[on]
-        was = (out & traj.valid[:, t]).nonzero().flatten()
-        if len(was):
-            before = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t], length[was],
-                                                width[was])
-            out[was] = (before <= slack[was]) | (after[torch.searchsorted(on, was)] > before)
+        before = torch.full_like(after, torch.nan)
+        was = (traj.valid[on, t] & (after > slack[on])).nonzero().flatten()  # only these can be excused
+        before[was] = self.on_road.outside_boxes(traj.x[on[was], t], traj.y[on[was], t], traj.heading[on[was], t],
+                                                 length[on[was]], width[on[was]])
+        out[on] = _leaving(after, before, slack[on])
         return out
 
     def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
@@ -846,6 +844,14 @@ class WorldSampler:
         future = torch.arange(num_steps) >= history
         scene_lights = scene_lights.replace(valid=scene_lights.valid & ~future)
         return SceneState(traj=traj, meta=meta, lights=scene_lights, step=history - 1, map_name=map_name)
+
+
+def _leaving(after: torch.Tensor, before: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+    """Which boxes leave the road, from how far off it (m) they are ``after`` a move and were ``before`` it (NaN for
+    a new agent): more than ``slack`` off after it, unless they were already that far off and get no farther (e.g.
+    out of a driveway)."""
+    out = after > slack
+    return torch.where(out & ~before.isnan(), (before <= slack) | (after > before), out)
 
 
 def _protocol_rows(scenes: list[SceneState]) -> torch.Tensor:
