@@ -680,10 +680,9 @@ class WorldSampler:
         moved = C.toward_lanes(x[r], y[r], heading[r], self._lanes)(weight)  # x, y, heading [n, tries]
         after = self.on_road.outside_boxes(*(v.flatten() for v in moved), length[r].repeat_interleave(tries),
                                            width[r].repeat_interleave(tries)).reshape(len(r), tries)
-        known = traj.valid[r, t]
         before = torch.full((len(r),), torch.nan, dtype=torch.float64)
-        before[known] = self.on_road.outside_boxes(traj.x[r[known], t], traj.y[r[known], t],
-                                                   traj.heading[r[known], t], length[r[known]], width[r[known]])
+        known = traj.valid[r, t]
+        before[known] = self._off_road_at(traj, t, r[known], length, width)
         fine = ~_leaving(after, before[:, None], slack[r, None])  # [n, tries]
         least = fine.to(torch.uint8).argmax(1, keepdim=True)  # the first blend that keeps the road
         ok = torch.zeros_like(rows)
@@ -702,10 +701,14 @@ class WorldSampler:
         after = self.on_road.outside_boxes(x[on], y[on], heading[on], length[on], width[on])
         before = torch.full_like(after, torch.nan)
         was = (traj.valid[on, t] & (after > slack[on])).nonzero().flatten()  # only these can be excused
-        before[was] = self.on_road.outside_boxes(traj.x[on[was], t], traj.y[on[was], t], traj.heading[on[was], t],
-                                                 length[on[was]], width[on[was]])
+        before[was] = self._off_road_at(traj, t, on[was], length, width)
         out[on] = _leaving(after, before, slack[on])
         return out
+
+    def _off_road_at(self, traj, t: int, rows: torch.Tensor, length, width) -> torch.Tensor:
+        """How far off the road (m; ``OnRoad.outside_boxes``) the boxes of ``rows`` (indices) were at step ``t``."""
+        return self.on_road.outside_boxes(traj.x[rows, t], traj.y[rows, t], traj.heading[rows, t], length[rows],
+                                          width[rows])
 
     def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
         """Executed-frame no-overlap check (``constraints`` docstring, 5): rows the model moved into a new
