@@ -24,6 +24,7 @@ it under the WOSAC protocol.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ class WorldModelWorld:
         edge = max(ctx.radius_m - ENTRY_BAND_M, 0.0) if ctx.role == "world" else 0.0  # agents enter at the edge
         options = SamplerOptions(kind=sampler, full_steps=full_steps, replan_every=replan_every,
                                  spawn=not protocol, drive_av=protocol, model_lights=lights == "model",
-                                 enter_beyond_m=edge)
+                                 enter_beyond_m=edge, enter_within_m=ctx.radius_m if edge > 0 else math.inf)
         self.sampler = WorldSampler(model, ctx.roadmap, options, context=_map_context(ctx.roadmap))
         self.plan_horizon = 0 if protocol else model.future  # steps of the AV's plan to inpaint
 

@@ -318,8 +318,10 @@ def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torc
     return torch.where(hit[..., None], moved, share * tokens[..., None])
 
 
-def push_apart(x0: torch.Tensor, ref: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
-    """Push overlapping boxes apart (module docstring, 5). ``movable [B, A]``: rows the model may move."""
+def push_apart(x0: torch.Tensor, ref: torch.Tensor, movable: torch.Tensor, solid: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Push overlapping boxes apart (module docstring, 5). ``movable [B, A]``: rows the model may move;
+    ``solid [B, A]``: rows others keep clear of (default all; a row that is not gives way to solid ones only)."""
     valid = x0[..., VALID] > 0  # [B, A, F]
     if valid.sum(1).max() < 2:
         return x0
@@ -347,6 +349,8 @@ def push_apart(x0: torch.Tensor, ref: torch.Tensor, movable: torch.Tensor) -> to
         direction = d.flatten(1, 2)[torch.arange(len(b)), deepest]
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         share = torch.where(movable[b, j], 0.5, 1.0) * movable[b, i]  # i's part of the push
+        if solid is not None:
+            share = torch.where(solid[b, i], share, 1.0) * movable[b, i] * solid[b, j]
         push = (depth.clamp_min(0) * share)[:, None] * direction
         if not push.any():
             break

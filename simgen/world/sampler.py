@@ -51,8 +51,12 @@ Rows
 ----
 
 The model computes only the rows it needs: rows valid at some context frame
-(occupied) and, when it may spawn (``spawn=True``), ``SPARE_SLOTS`` rows free
-that no agent has ever used (rows are never reused, docs/FORMATS.md).
+(occupied) and, when it may spawn (``spawn=True``), ``SPARE_ROWS`` rows free
+that no agent has ever used (rows are never reused, docs/FORMATS.md). A free
+row joins the window empty: validity -1 and features 0 at every frame, noised
+to the window's levels. (Before, a row the model had not computed kept its
+warm-up noise and every step's re-anchoring shift, so it joined as a
+nearly clean agent hundreds of metres away.)
 Validity is read from the plan's next ``TRACK_FRAMES`` frames (0.5 s), like
 the executed pose: a row is present when their mean validity is positive,
 so a one-frame validity blip neither spawns nor removes an
@@ -60,13 +64,19 @@ agent. A spare row that turns valid is a new agent with a new object id, whose
 type and box size come from the model; rows that continue keep their logged
 box size and type, and an agent that turns invalid has left for good (its
 row stays empty). On trips (``enter_beyond_m``, set by the world-model world
-to ``radius_m - ENTRY_BAND_M``) a new agent appears only at the window's edge,
-as in the logs, which crop the city to the window: an agent enters it by
+to ``radius_m - ENTRY_BAND_M``, and ``enter_within_m`` = ``radius_m``) a new agent appears only at the window's
+edge, as in the logs, which crop the city to the window: an agent enters it by
 crossing its edge (Berlin trip 0: all 27 logged entries at 58-60 m from the
-AV). The model's own entry positions spread over 5-60 m; agents popping up
+AV). The model's own proposals (a free row it makes valid) start 5-60 m from
+the AV (median 20 m); agents popping up
 near the AV made the trips' entering-distance JSD 0.92 and their collision
 JSD 0.39 (the logged AV drives into them), against 0.014 and 0.061 with the
-rule (4 Berlin trips, one run). Symmetrically, on trips an agent leaves only by crossing the window's edge
+rule (4 Berlin trips, one run). A proposal outside the band waits: its row stays free, the model keeps planning
+it, and it enters when it reaches the band (median 4.6 s later on the Berlin trips). Until then no one else
+sees it: it is masked out of the other rows' attention (``agent_mask``) and gives way to present agents in
+``push_apart`` without pushing them (``_solid``). With twice the training's ``SPARE_SLOTS`` free rows, a busy
+street keeps more of its traffic (the busy city trip of the model card: 15-18 agents a step against 7-10 with 4,
+SUMO 30-36). Symmetrically, on trips an agent leaves only by crossing the window's edge
 (``radius_m``, where the world removes it): rows with an agent now are kept valid (``keep_valid``). The logs
 agree: 37 of the 38 exits on the two trips of ``simgen logs --map berlin --scenes 4 --seed 11 --workers 2
 --trip-seconds 60`` are 58-60 m from the AV. A new agent enters at its plan's speed (``constraints``
@@ -79,6 +89,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -124,6 +135,7 @@ from simgen.world.tokenizer import (
 
 SamplerKind = Literal["amortized", "full"]
 FULL_STEPS = 16
+SPARE_ROWS = 2 * SPARE_SLOTS  # free rows a step computes when it may spawn (docstring, Rows; training has SPARE_SLOTS)
 ENTRY_BAND_M = 5.0  # trips: new agents appear within this distance of the window's edge (docstring, Rows)
 
 
@@ -192,6 +204,7 @@ class Carry:
     calls: int = 0  # denoiser calls so far
     entry_velocity: torch.Tensor | None = None  # [B, A, 2] float64 world frame (m/s): new agents' velocity, NaN else
     rider_slack: torch.Tensor | None = None  # [B, A] m: each cyclist's slack, decided when first seen riding; NaN else
+    rows: torch.Tensor | None = None  # rows the model computed last (their window is its plan; others hold noise)
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,7 @@ class SamplerOptions:
     on_road: bool = True
     no_overlap: bool = True
     enter_beyond_m: float = 0.0  # a new agent appears at least this far from the AV (the window's edge); 0: anywhere
+    enter_within_m: float = math.inf  # ... and at most this far (the window's radius: the world removes it beyond)
 
 
 class WorldSampler:
@@ -310,8 +324,13 @@ class WorldSampler:
         occupied = (context.agents[..., VALID] > 0).any(-1).any(0)  # [A]
         t = scenes[0].step  # rows are never reused: spawn only into rows no agent has used yet
         unused = ~torch.stack([s.traj.valid[:, :t + 1].any(-1) for s in scenes]).any(0)
-        free = (unused & ~occupied).nonzero().flatten()[:SPARE_SLOTS if self.options.spawn else 0]
+        free = (unused & ~occupied).nonzero().flatten()[:SPARE_ROWS if self.options.spawn else 0]
         return torch.cat([occupied.nonzero().flatten(), free]).sort().values
+
+    def _solid(self, context: Context, rows: torch.Tensor) -> torch.Tensor:
+        """``[B, rows]`` rows other agents see (attend to, keep clear of): agents present now. A free row's proposal
+        (docstring, "Rows") is not there yet."""
+        return context.anchored[:, rows] | (not self.options.spawn)
 
     def _program(self, scene: SceneState, slots: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """SUMO's static signal programs: states ``[S, K]`` of light ``slots`` at scene ``steps``."""
@@ -364,7 +383,7 @@ class WorldSampler:
         levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, W)], dim=1)
         inp = DenoiserInput(
             agents=agents, agent_given=agent_given, agent_clean=agent_clean,
-            agent_mask=torch.ones(B, len(rows), dtype=torch.bool), is_av=is_av,
+            agent_mask=self._solid(context, rows), is_av=is_av,
             agent_cond=agent_condition(context.anchor[:, rows], context.velocity[:, rows], context.anchored[:, rows]),
             lights=lights_all,
             light_given=light_given, light_clean=light_clean, light_cond=cond,
@@ -447,7 +466,7 @@ class WorldSampler:
             x0 = self.on_road.project(x0, pose, ref, lanes, lane_valid, movable, context.rider_slack[:, rows],
                                       facing)
         if self.options.no_overlap:
-            x0 = C.push_apart(x0, ref, movable)
+            x0 = C.push_apart(x0, ref, movable, self._solid(context, rows))
         if given is not None:
             mask, values = given
             x0 = C.inpaint(x0, mask[:, rows], values[:, rows])
@@ -489,6 +508,7 @@ class WorldSampler:
             x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, agents, lights, level, rows, slots)
             agents[:, rows] = ddim_step(x0, eps, nxt[None].expand(B, W))
             lights[:, slots] = ddim_step(l0, leps, nxt[None].expand(B, W))
+        carry.rows = rows
         return agents, lights
 
     def step(self, scenes: list[SceneState], carry: Carry, generator: torch.Generator
@@ -503,6 +523,11 @@ class WorldSampler:
         if self.options.kind == "amortized":
             carry.agents = _reanchor(carry.agents, carry.pose, pose, self.levels, carry.ref, future_ref)
             carry.pose, carry.ref = pose, future_ref
+            fresh = rows[~torch.isin(rows, carry.rows)]  # free rows new to the window start empty (docstring, Rows)
+            if len(fresh):
+                carry.agents[:, fresh] = _renoise(carry.agents[:, fresh], _empty(carry.agents[:, fresh]), self.levels,
+                                                  generator)
+            carry.rows = rows
             slots = self._light_slots(scenes, pose)
             x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, carry.agents, carry.lights, self.levels,
                                               rows, slots)
@@ -524,6 +549,7 @@ class WorldSampler:
                 carry.pose, carry.ref = pose, future_ref
                 carry.plan, carry.plan_lights = self._full_denoise(scenes, carry, generator)
                 carry.plan_age = 0
+            rows = carry.rows  # the rows the plan holds (a spare row picked since is still noise)
             # the plan stays in the frame of the pose it was made at
             ahead = slice(carry.plan_age, carry.plan_age + C.TRACK_FRAMES)
             plan, light_frame, plan_pose, plan_ref = (carry.plan[:, :, ahead].clone(),
@@ -556,11 +582,11 @@ class WorldSampler:
         present = plan[:, :, VALID].mean(-1) > 0  # the plan's next 0.5 s, not a one-frame blip (docstring)
         valid = present & controlled & (traj.valid[:, t] | ~used)  # an agent that left stays gone
         new = valid & ~used  # a free row turned valid
-        if self.options.enter_beyond_m > 0:  # new agents come in through the window's edge
+        if self.options.enter_beyond_m > 0:  # new agents come in through the window's edge (docstring, Rows)
             distance = torch.hypot(decoded.x[:, 0] - av_pose[0], decoded.y[:, 0] - av_pose[1])
-            inside = distance < self.options.enter_beyond_m
-            valid &= ~(new & inside)
-            new &= ~inside
+            waiting = (distance < self.options.enter_beyond_m) | (distance > self.options.enter_within_m)
+            valid &= ~(new & waiting)
+            new &= ~waiting
         object_id = meta.object_id.clone()
         spawned = new.nonzero().flatten()
         object_id[spawned] = torch.arange(carry.next_object_id, carry.next_object_id + len(spawned))
@@ -867,6 +893,13 @@ def _renoise(window: torch.Tensor, x0: torch.Tensor, levels: torch.Tensor, gener
     """Frame k of clean ``x0 [B, E, W, C]`` noised to ``levels[k]`` with fresh noise."""
     noise = torch.randn(x0.shape, generator=generator)
     return add_noise(x0, noise, levels[None].expand(x0.shape[0], -1))
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    """The clean channels of rows with no agent at any frame (validity -1, features 0), shaped like ``like``."""
+    out = torch.zeros_like(like)
+    out[..., VALID] = -1.0
+    return out
 
 
 def _reanchor(window: torch.Tensor, old: torch.Tensor, new: torch.Tensor, levels: torch.Tensor,

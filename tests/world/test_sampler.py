@@ -370,23 +370,71 @@ def test_agents_enter_and_leave_on_the_plans_next_half_second_not_a_one_frame_bl
 
 
 def test_on_trips_new_agents_enter_only_at_the_windows_edge(tiny_checkpoint, scene):
-    """With ``enter_beyond_m`` (the world model's trips: ``radius_m - ENTRY_BAND_M``), a free row the plan makes valid
-    20 m from the AV is not spawned; one 58 m away is, where the plan puts it."""
+    """With ``enter_beyond_m`` and ``enter_within_m`` (the world model's trips: ``radius_m - ENTRY_BAND_M`` and
+    ``radius_m``), a free row the plan makes valid 20 m or 70 m from the AV is not spawned; one 58 m away is, where
+    the plan puts it."""
     roadmap, log = scene
     sampler = WorldSampler(WorldModel.load(tiny_checkpoint), roadmap,
-                           SamplerOptions(spawn=True, on_road=False, no_overlap=False, enter_beyond_m=55.0))
+                           SamplerOptions(spawn=True, on_road=False, no_overlap=False, enter_beyond_m=55.0,
+                                          enter_within_m=60.0))
     start = mask_future(log)
     t, traj, av = start.step, start.traj, start.av_index
-    near, far = (~traj.valid[:, :t + 1].any(-1)).nonzero().flatten()[:2].tolist()
+    near, far, beyond = (~traj.valid[:, :t + 1].any(-1)).nonzero().flatten()[:3].tolist()
     x, y, heading = (v[:, t].clone() for v in (traj.x, traj.y, traj.heading))
-    for row, distance in ((near, 20.0), (far, 58.0)):
+    for row, distance in ((near, 20.0), (far, 58.0), (beyond, 70.0)):
         x[row] = x[av] + distance * torch.cos(heading[av])
         y[row] = y[av] + distance * torch.sin(heading[av])
         heading[row] = heading[av]
     carry = sampler.start([start], torch.Generator().manual_seed(0))
     action = _step_with_plan(sampler, start, carry, x, y, heading, torch.ones(start.num_agents, 5))
-    assert action.valid[far] and not action.valid[near]
+    assert action.valid[far] and not action.valid[near] and not action.valid[beyond]
     assert abs(float(torch.hypot(action.x[far] - x[av], action.y[far] - y[av])) - 58.0) < 1e-3
+
+
+def _trip_sampler(checkpoint, roadmap, start):
+    sampler = WorldSampler(WorldModel.load(checkpoint), roadmap,
+                           SamplerOptions(spawn=True, enter_beyond_m=55.0, enter_within_m=60.0))
+    return sampler, sampler.start([start], torch.Generator().manual_seed(0))
+
+
+def test_a_free_row_joins_the_window_empty_whatever_it_held(tiny_checkpoint, scene):
+    """A free row the model did not compute last step (rows beyond the first ``SPARE_ROWS`` free ones) holds stale
+    noise. When it joins, it starts as an empty row at the window's levels: nothing of what it held survives (it
+    used to join as a nearly clean agent wherever the stale values put it, hundreds of metres away on a trip)."""
+    from simgen.world.tokenizer import VALID, X, Y
+
+    roadmap, log = scene
+    start = mask_future(log)
+    sampler, carry = _trip_sampler(tiny_checkpoint, roadmap, start)
+    row = int(carry.rows[~start.traj.valid[carry.rows, :start.step + 1].any(-1)][0])  # a free row it computes
+    carry.rows = carry.rows[carry.rows != row]  # as if it had not computed it
+    carry.agents[:, row, :, X:Y + 1] = 90.0  # 450 m away
+    carry.agents[:, row, :, VALID] = 1.0
+    _, after = sampler.step([start], carry, torch.Generator().manual_seed(1))
+    window = after.agents[0, row]  # frames 2..W of the joined row, then a fresh noise frame
+    assert row in after.rows.tolist()
+    assert window[:, X:Y + 1].abs().max() < 10.0, window[:, X:Y + 1]
+    assert (window[:3, VALID] < 0).all(), "its near frames still say no agent"
+
+
+def test_a_waiting_proposal_changes_no_present_agents_plan(tiny_checkpoint, scene):
+    """A free row's proposal is masked out of the other rows' attention and pushes no one: whatever it holds, the
+    present agents' executed frames are the same."""
+    from simgen.world.tokenizer import VALID, X, Y
+
+    roadmap, log = scene
+    start = mask_future(log)
+    present = start.traj.valid[:, start.step]
+    actions = []
+    for value in (0.0, 1.0):
+        sampler, carry = _trip_sampler(tiny_checkpoint, roadmap, start)
+        free = carry.rows[~start.traj.valid[carry.rows, :start.step + 1].any(-1)]
+        carry.agents[:, free, :, VALID] = 1.0
+        carry.agents[:, free, :, X:Y + 1] = value  # on top of the AV, or 5 m ahead of it
+        action, _ = sampler.step([start], carry, torch.Generator().manual_seed(1))
+        actions.append(action[0])
+    for name in ("x", "y", "heading", "valid"):
+        assert torch.equal(getattr(actions[0], name)[present], getattr(actions[1], name)[present]), name
 
 
 def test_a_new_agent_enters_at_its_plans_speed_not_from_rest(tiny_checkpoint, scene):

@@ -114,6 +114,26 @@ def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
     assert (gap > 4.5).all(), gap  # no longer overlapping along the lane
 
 
+def test_push_apart_moves_a_proposal_out_of_present_agents_way_never_them():
+    """A free row's proposal (not ``solid``) gives way to a present agent it overlaps, which does not move."""
+    from simgen.world.tokenizer import COS, DELTA_SCALE_M, SIZE, TYPE, VALID, X
+
+    x0 = torch.zeros(1, 2, 4, 11)
+    x0[..., VALID] = 1.0
+    x0[..., COS] = 1.0
+    x0[..., TYPE] = -1.0
+    x0[..., TYPE.start] = 1.0
+    x0[..., SIZE] = torch.tensor([0.125, 0.375, 0.0])  # 4.5 m x 1.9 m
+    x0[0, 1, :, X] = 3.0 / DELTA_SCALE_M  # the proposal, 3 m ahead of the present agent
+    ref = torch.zeros(1, 2, 4, 2, dtype=torch.float64)
+    movable, solid = torch.tensor([[True, True]]), torch.tensor([[True, False]])
+    out = push_apart(x0, ref, movable, solid)
+    assert torch.equal(out[0, 0], x0[0, 0])
+    assert ((out[0, 1, :, X] - out[0, 0, :, X]) * DELTA_SCALE_M > 4.5).all()
+    both = push_apart(x0, ref, movable)  # both present: each takes half
+    assert (both[0, 0, :, X] < 0).all() and (both[0, 1, :, X] > x0[0, 1, :, X]).all()
+
+
 def test_rollout_reports_trip_realism_against_reference_logs(world_logs, tmp_path):
     from tests.test_cli import simgen
 
