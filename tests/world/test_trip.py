@@ -114,6 +114,24 @@ def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
     assert (gap > 4.5).all(), gap  # no longer overlapping along the lane
 
 
+def test_the_executed_frame_check_counts_corner_overlaps_as_collisions():
+    """Two 4.5 m x 1.9 m cars whose corners overlap by 10 cm x 10 cm collide (the trip metric's exact boxes; WOSAC's
+    rounded corners miss it); 10 cm apart they do not."""
+    from simgen.metrics.features import CORNER_ROUNDING_FACTOR, BoxShape, rounded_box_signed_distance
+
+    x, y = torch.tensor([0.0, 4.4, 0.0]), torch.tensor([0.0, 1.8, -2.05])
+    heading, length, width = torch.zeros(3), torch.full((3,), 4.5), torch.full((3,), 1.9)
+    pairs = overlapping_pairs(x, y, heading, length, width, torch.tensor([True, True, True]))
+    assert pairs[0, 1] and pairs[1, 0] and not pairs[0, 2] and not pairs[1, 2]
+    car = BoxShape(cos=torch.ones(1, dtype=torch.float64), sin=torch.zeros(1, dtype=torch.float64),
+                   half_length=torch.full((1,), 2.25, dtype=torch.float64),
+                   half_width=torch.full((1,), 0.95, dtype=torch.float64),
+                   shrink=torch.full((1,), CORNER_ROUNDING_FACTOR * 0.95, dtype=torch.float64))
+    wosac = rounded_box_signed_distance(torch.tensor([4.4], dtype=torch.float64),
+                                        torch.tensor([1.8], dtype=torch.float64), car, car)
+    assert wosac > 0, "WOSAC's rounded corners do not collide here"
+
+
 def test_push_apart_moves_a_proposal_out_of_present_agents_way_never_them():
     """A free row's proposal (not ``solid``) gives way to a present agent it overlaps, which does not move."""
     from simgen.world.tokenizer import COS, DELTA_SCALE_M, SIZE, TYPE, VALID, X
