@@ -75,14 +75,14 @@ rule (4 Berlin trips, one run). A proposal outside the band waits: its row stays
 it, and it enters when it reaches the band (median 4.6 s later on the Berlin trips). Until then no one else
 sees it: it is masked out of the other rows' attention (``agent_mask``) and gives way to present agents in
 ``push_apart`` without pushing them (``_solid``). With twice the training's ``SPARE_SLOTS`` free rows, a busy
-street keeps more of its traffic: on the busy 60 s city trip of the model card, 10-11 agents from 15 s on, where
-4 free rows drain it to 1-2 (SUMO's log: 25-36). Symmetrically, on trips an agent leaves only by crossing the
-window's edge (``radius_m``, where the world removes it): rows with an agent now are kept valid (``keep_valid``). The logs
-agree: 37 of the 38 exits on the two trips of ``simgen logs --map berlin --scenes 4 --seed 11 --workers 2
---trip-seconds 60`` are 58-60 m from the AV. A new agent enters at its plan's speed (``constraints``
-docstring, 6); the sampler keeps that velocity (``Carry.entry_velocity``) as the agent's velocity in the
-next call's context, where its single executed frame cannot give one. With ``spawn=False`` (the WOSAC
-protocol) the rows are fixed and kept valid.
+street keeps more of its traffic: on the busy 60 s city trip of the model card, 10-11 agents from 15 s on, where 4
+free rows drain it to 1-2 (SUMO's log: 25-36). Symmetrically, on trips an agent leaves only by crossing the
+window's edge (``radius_m``, where the world removes it): rows with an agent now are kept valid (``keep_valid``).
+The logs agree: 37 of the 38 exits on the two trips of ``simgen logs --map berlin --scenes 4 --seed 11 --workers 2
+--trip-seconds 60`` are 58-60 m from the AV. A new agent enters at its plan's speed (``constraints`` docstring, 6);
+the sampler keeps that velocity (``Carry.entry_velocity``) as the agent's velocity in the next call's context,
+where its single executed frame cannot give one. With ``spawn=False`` (the WOSAC protocol) the rows are fixed and
+kept valid.
 """
 
 from __future__ import annotations
