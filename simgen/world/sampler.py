@@ -525,8 +525,8 @@ class WorldSampler:
             carry.pose, carry.ref = pose, future_ref
             fresh = rows[~torch.isin(rows, carry.rows)]  # free rows new to the window start empty (docstring, Rows)
             if len(fresh):
-                carry.agents[:, fresh] = _renoise(carry.agents[:, fresh], _empty(carry.agents[:, fresh]), self.levels,
-                                                  generator)
+                window = carry.agents[:, fresh]
+                carry.agents[:, fresh] = _renoise(window, _empty(window), self.levels, generator)
             carry.rows = rows
             slots = self._light_slots(scenes, pose)
             x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, carry.agents, carry.lights, self.levels,

@@ -95,15 +95,23 @@ def test_the_world_never_moves_an_agent_into_a_collision(trip):
     assert new_collisions == 0
 
 
-def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
-    from simgen.world.tokenizer import COS, DELTA_SCALE_M, SIZE, TYPE, VALID, X, Y
+def _cars(count: int) -> torch.Tensor:
+    """Clean tokens ``[1, count, 4, 11]`` of 4.5 m x 1.9 m cars facing +x, all at the origin, valid at 4 frames."""
+    from simgen.world.tokenizer import COS, SIZE, TYPE, VALID
 
-    x0 = torch.zeros(1, 3, 4, 11)
+    x0 = torch.zeros(1, count, 4, 11)
     x0[..., VALID] = 1.0
     x0[..., COS] = 1.0
     x0[..., TYPE] = -1.0
     x0[..., TYPE.start] = 1.0
-    x0[..., SIZE] = torch.tensor([0.125, 0.375, 0.0])  # 4.5 m x 1.9 m
+    x0[..., SIZE] = torch.tensor([0.125, 0.375, 0.0])
+    return x0
+
+
+def test_push_apart_separates_boxes_and_leaves_given_rows_alone():
+    from simgen.world.tokenizer import DELTA_SCALE_M, X, Y
+
+    x0 = _cars(3)
     x0[0, 1, :, X] = 3.0 / DELTA_SCALE_M  # 3 m ahead of row 0: overlapping
     x0[0, 2, :, Y] = 30.0 / DELTA_SCALE_M  # 30 m to the side: free
     ref = torch.zeros(1, 3, 4, 2, dtype=torch.float64)
@@ -134,14 +142,9 @@ def test_the_executed_frame_check_counts_corner_overlaps_as_collisions():
 
 def test_push_apart_moves_a_proposal_out_of_present_agents_way_never_them():
     """A free row's proposal (not ``solid``) gives way to a present agent it overlaps, which does not move."""
-    from simgen.world.tokenizer import COS, DELTA_SCALE_M, SIZE, TYPE, VALID, X
+    from simgen.world.tokenizer import DELTA_SCALE_M, X
 
-    x0 = torch.zeros(1, 2, 4, 11)
-    x0[..., VALID] = 1.0
-    x0[..., COS] = 1.0
-    x0[..., TYPE] = -1.0
-    x0[..., TYPE.start] = 1.0
-    x0[..., SIZE] = torch.tensor([0.125, 0.375, 0.0])  # 4.5 m x 1.9 m
+    x0 = _cars(2)
     x0[0, 1, :, X] = 3.0 / DELTA_SCALE_M  # the proposal, 3 m ahead of the present agent
     ref = torch.zeros(1, 2, 4, 2, dtype=torch.float64)
     movable, solid = torch.tensor([[True, True]]), torch.tensor([[True, False]])
