@@ -406,6 +406,12 @@ def train_world_cmd(
                                            "for this run's --steps and --lr)"),
     init: Path = typer.Option(None, help="start a new run from this world.pt's weights (fine-tuning; inputs "
                                          "added since start at 0)"),
+    workers: int = typer.Option(0, help="processes making batches (0: the training process; on a GPU machine, "
+                                        "about one per CPU core)"),
+    val_every: int = typer.Option(500, help="optimizer steps between validations and checkpoints"),
+    snapshots: bool = typer.Option(False, help="also keep OUT/step=N.ckpt at every validation"),
+    max_minutes: float = typer.Option(None, help="end within this many minutes: fewer steps than --steps if "
+                                                 "need be, the learning-rate decay fitted to them"),
 ):
     """Train the SceneDiffuser++ world model (checkpoints every validation, resumable).
 
@@ -416,6 +422,8 @@ def train_world_cmd(
       simgen train export runs/world/last.ckpt --out checkpoints/world/world.pt
 
       simgen train world --corpus data/world-corpus --out runs/world-ft --init checkpoints/world/world.pt --steps 2000
+
+      simgen train world --corpus data/world-corpus --out runs/world-gpu --batch 256 --workers 14 --snapshots
     """
     from simgen.world.train import train_world
 
@@ -426,7 +434,8 @@ def train_world_cmd(
         raise FileNotFoundError("train world: give --corpus DIR (from `simgen train corpus`) or --logs DIR[,DIR]")
     if init is not None and not init.is_file():
         raise FileNotFoundError(f"train world --init {init}: no such file; give a world.pt from `simgen train export`")
-    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, lr=lr, resume=resume, init=init)
+    best = train_world(dirs, out, steps=steps, batch_size=batch, seed=seed, lr=lr, resume=resume, init=init,
+                       workers=workers, val_every=val_every, snapshots=snapshots, max_minutes=max_minutes)
     Console().print(f"best checkpoint: {best}")
 
 

@@ -207,6 +207,7 @@ class SizedBatches(IterableDataset):
     them by element count (agents + lights), collates consecutive runs of
     ``batch_size`` and yields those batches in random order. Every example is
     drawn once per pass over ``dataset``; rounds are seeded by ``(seed, round)``.
+    In a ``DataLoader`` with N workers, worker i makes rounds i, i + N, ...
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, pool: int = 16, seed: int = 0):
@@ -214,9 +215,14 @@ class SizedBatches(IterableDataset):
 
     def __iter__(self):
         size = self.batch_size * self.pool
+        worker = torch.utils.data.get_worker_info()
+        share, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        rounds = itertools.count()
         for epoch in itertools.count():
             order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
             for k, start in enumerate(range(0, len(order) - size + 1, size)):
+                if next(rounds) % workers != share:
+                    continue
                 examples = [self.dataset[int(i)] for i in order[start:start + size]]
                 examples.sort(key=lambda e: len(e["agents"]) + len(e["lights"]))
                 batches = [examples[i:i + self.batch_size] for i in range(0, size, self.batch_size)]

@@ -92,7 +92,7 @@ class DenoiserInput:
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
     """``[..]`` -> ``[.., dim]`` sin/cos features of ``x`` at geometric frequencies down to ``1 / max_period``."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=x.device) / half)
     angles = x.float()[..., None] * freqs
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 

@@ -74,7 +74,7 @@ def level_of_timestep(t: torch.Tensor | int) -> torch.Tensor:
 def alpha_bar(level: torch.Tensor) -> torch.Tensor:
     """ᾱ at noise levels ``level`` (any shape), snapped to the schedule's grid."""
     index = (level * NUM_TRAIN_TIMESTEPS).round().long().clamp(0, NUM_TRAIN_TIMESTEPS)
-    return _alpha_bar_table()[index]
+    return _alpha_bar_table().to(index.device)[index]
 
 
 def _coefficients(level: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

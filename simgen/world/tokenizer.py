@@ -174,7 +174,7 @@ def position_scale(offsets: torch.Tensor) -> torch.Tensor:
 def sigma_data(agent_cond: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Per-element data scale ``[B, A, T, AGENT_CHANNELS]`` of agent channels: ``position_scale`` for the
     positions of anchored agents, 1 elsewhere (unanchored positions are absolute, in the AV frame)."""
-    out = torch.ones(*agent_cond.shape[:-1], len(offsets), AGENT_CHANNELS)
+    out = torch.ones(*agent_cond.shape[:-1], len(offsets), AGENT_CHANNELS, device=agent_cond.device)
     anchored = agent_cond[..., 2:3] > 0.5  # [B, A, 1]
     out[..., X:Y + 1] = torch.where(anchored, position_scale(offsets).float(), 1.0)[..., None]
     return out

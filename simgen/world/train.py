@@ -36,7 +36,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from simgen.world.data import ClipDataset, SizedBatches, collate
 from simgen.world.denoiser import Denoiser, DenoiserConfig, DenoiserInput
@@ -76,42 +76,47 @@ def corrupt(batch: dict[str, torch.Tensor], generator: torch.Generator | None = 
     agents, lights = batch["agents"], batch["lights"]
     B, A, T, _ = agents.shape
     H = len(HISTORY_OFFSETS)
-    task, level = noise_levels(B, T - H, generator)
+    device = agents.device
+    # Random draws are made on the CPU (``generator`` is a CPU generator) and moved: a batch on a GPU gets
+    # the same task, masks and noise as on the CPU.
+    task, level = (x.to(device) for x in noise_levels(B, T - H, generator))
+    offsets = frame_offsets(T - H).to(device)
     initialize = task == 3
-    context = torch.arange(T) < H  # [T]
+    context = torch.arange(T, device=device) < H  # [T]
     given_frames = context[None] & ~initialize[:, None]  # [B, T]
-    av_given = torch.rand(B, generator=generator) < AV_GIVEN_P
+    av_given = (torch.rand(B, generator=generator) < AV_GIVEN_P).to(device)
     agent_given = (given_frames[:, None] | (batch["is_av"] & av_given[:, None])[..., None]
-                   | ((torch.rand(B, A, generator=generator) < AGENT_GIVEN_P) & initialize[:, None])[..., None])
+                   | ((torch.rand(B, A, generator=generator) < AGENT_GIVEN_P).to(device)
+                      & initialize[:, None])[..., None])
     agent_given = agent_given & batch["agent_mask"][..., None]
-    lights_given = torch.rand(B, generator=generator) < LIGHTS_GIVEN_P
+    lights_given = (torch.rand(B, generator=generator) < LIGHTS_GIVEN_P).to(device)
     light_given = (given_frames | lights_given[:, None])[:, None].expand(-1, lights.shape[1], -1)
     light_given = light_given & batch["light_mask"][..., None]
 
     agent_cond = batch["agent_cond"]
     if initialize.any():  # nothing is known when a scene is generated: positions become unanchored
-        ref = condition_reference(agent_cond, frame_offsets(T - H))  # [B, A, T, 2] m
+        ref = condition_reference(agent_cond, offsets)  # [B, A, T, 2] m
         valid = agents[..., VALID] > 0
         absolute = agents[..., X:Y + 1] + ref / DELTA_SCALE_M
         moved = initialize[:, None, None, None] & valid[..., None]
         agents = agents.clone()
         agents[..., X:Y + 1] = torch.where(moved, absolute, agents[..., X:Y + 1])
         agent_cond = torch.where(initialize[:, None, None], 0.0, agent_cond)
-    agent_noise = torch.randn(agents.shape, generator=generator)
-    light_noise = torch.randn(lights.shape, generator=generator)
+    agent_noise = torch.randn(agents.shape, generator=generator).to(device)
+    light_noise = torch.randn(lights.shape, generator=generator).to(device)
     inp = DenoiserInput(
         agents=add_noise(agents, agent_noise, level), agent_given=agent_given, agent_clean=agents,
         agent_mask=batch["agent_mask"], is_av=batch["is_av"], agent_cond=agent_cond,
         lights=add_noise(lights, light_noise, level), light_given=light_given, light_clean=lights,
         light_cond=batch["light_cond"], light_valid=batch["light_valid"], light_mask=batch["light_mask"],
         map_features=batch["map_features"], map_valid=batch["map_valid"], noise_level=level,
-        frame_offsets=frame_offsets(T - H))
+        frame_offsets=offsets)
     noisy = (level > 0)[:, None]  # [B, 1, T]
     agent_loss = batch["agent_mask"][..., None] & ~agent_given & noisy  # [B, A, T]
-    channel_mask = agent_loss[..., None] & torch.ones(agents.shape[-1], dtype=torch.bool)
+    channel_mask = agent_loss[..., None].expand(*agent_loss.shape, agents.shape[-1]).clone()
     channel_mask[..., VALID + 1:] &= (agents[..., VALID] > 0)[..., None]
     targets = {
-        "agents": v_target(agents, agent_noise, level, sigma_data(agent_cond, frame_offsets(T - H))),
+        "agents": v_target(agents, agent_noise, level, sigma_data(agent_cond, offsets)),
         "agent_loss": channel_mask,
         "lights": v_target(lights, light_noise, level),
         "light_loss": batch["light_mask"][..., None] & ~light_given & noisy & batch["light_valid"],
@@ -178,6 +183,35 @@ class WorldModule(L.LightningModule):
             group["betas"] = (0.9, 0.999)  # OneCycleLR (older checkpoints) cycled them
 
 
+class TimeBudget(Callback):
+    """Fits this run (resumed or not) into ``minutes``. Every ``every`` steps it projects the steps that 97 % of
+    the time allows at the rate of the last ``every`` steps and, if fewer than planned, ends the run there, with
+    the cosine decay re-planned to reach 0 at that step (``lr_factor`` reads ``total_steps`` at each step). At
+    the deadline itself it stops the run whatever the step."""
+
+    def __init__(self, minutes: float, every: int = 100):
+        start = time.perf_counter()
+        self.deadline = start + 60 * minutes
+        self.target = start + 0.97 * 60 * minutes  # the rest is for the last validation and checkpoint
+        self.every = every
+        self.last: tuple[int, float] | None = None
+        self.planned: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_args) -> None:
+        step, now = trainer.global_step, time.perf_counter()
+        if now >= self.deadline:
+            trainer.should_stop = True
+        if step % self.every:
+            return
+        self.planned = self.planned or module.hparams.total_steps
+        if self.last is not None and step > self.last[0]:
+            rate = (step - self.last[0]) / (now - self.last[1])
+            total = min(self.planned, step + int(rate * max(0.0, self.target - now)))
+            module.hparams.total_steps = total
+            trainer.fit_loop.epoch_loop.max_steps = total
+        self.last = (step, now)
+
+
 def warm_start(denoiser: Denoiser, state: dict[str, torch.Tensor]) -> list[str]:
     """Copy a saved denoiser's weights ``state`` into ``denoiser``. Weights of equal shape are copied; a weight
     whose inputs grew (new input features appended, e.g. a wider agent condition) keeps the old columns and
@@ -202,11 +236,14 @@ def warm_start(denoiser: Denoiser, state: dict[str, torch.Tensor]) -> list[str]:
 
 def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int = 32, future: int = DEFAULT_FUTURE,
                 config: DenoiserConfig | None = None, lr: float = 6e-4, seed: int = 0,
-                val_every: int = 500, resume: bool = True, progress: bool = True, init: Path | None = None) -> Path:
+                val_every: int = 500, resume: bool = True, progress: bool = True, init: Path | None = None,
+                workers: int = 0, snapshots: bool = False, max_minutes: float | None = None) -> Path:
     """Train (or resume) a world model on ``log_dirs``; checkpoints in ``out``. Returns the best checkpoint.
 
     ``init``: a ``world.pt`` whose weights (``warm_start``) and denoiser config start a new run (ignored when
-    the run resumes from ``out/last.ckpt``)."""
+    the run resumes from ``out/last.ckpt``). ``workers``: processes making batches (0: the training process).
+    ``snapshots``: also keep ``out/step=N.ckpt`` at every validation. ``max_minutes``: end the run within this
+    time, its learning-rate decay fitted to the steps it can make (``TimeBudget``)."""
     saved = None
     if init is not None:
         saved = torch.load(init, map_location="cpu", weights_only=True)
@@ -217,11 +254,13 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
     out.mkdir(parents=True, exist_ok=True)
     train_set = ClipDataset(log_dirs, future, "train")
     val_set = ClipDataset(log_dirs, future, "val")
-    loader = torch.utils.data.DataLoader(SizedBatches(train_set, batch_size, seed=seed), batch_size=None)
+    parallel = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}
+    loader = torch.utils.data.DataLoader(SizedBatches(train_set, batch_size, seed=seed), batch_size=None, **parallel)
     val_loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(val_set, torch.randperm(len(val_set), generator=torch.Generator().manual_seed(1))
                                 [:8 * batch_size].tolist()),
-        batch_size=batch_size, collate_fn=collate)
+        batch_size=batch_size, collate_fn=collate, **parallel)
+    torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them; no effect on CPUs
     module = WorldModule(config=asdict(config), future=future, lr=lr, total_steps=steps)
     last = out / "last.ckpt"
     resume = resume and last.exists()
@@ -229,9 +268,11 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
         warm_start(module.denoiser, saved["state_dict"])
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val/loss")
     # by optimizer step, so a resumed run keeps saving even where Lightning's validation counter drifts
-    latest = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=val_every, enable_version_counter=False)
+    latest = ModelCheckpoint(dirpath=out, filename="{step}" if snapshots else "last", every_n_train_steps=val_every,
+                             enable_version_counter=False, save_top_k=-1 if snapshots else 1, save_last=snapshots)
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, val_check_interval=val_every,
-                        check_val_every_n_epoch=None, callbacks=[best, latest], default_root_dir=out,
+                        check_val_every_n_epoch=None, default_root_dir=out,
+                        callbacks=[best, latest] + ([] if max_minutes is None else [TimeBudget(max_minutes)]),
                         enable_progress_bar=progress, log_every_n_steps=50, num_sanity_val_steps=0,
                         gradient_clip_val=1.0)
     tic = time.perf_counter()
@@ -240,7 +281,9 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
     info = {"log_dirs": [str(d) for d in log_dirs], "train_clips": len(train_set), "val_clips": len(val_set),
             "steps": steps, "batch_size": batch_size, "future": future, "config": asdict(config), "lr": lr,
             "init": None if init is None else str(init),
-            "seed": seed, "wall_s_this_run": time.perf_counter() - tic, "best": str(best.best_model_path),
+            "seed": seed, "workers": workers, "device": str(trainer.strategy.root_device), "max_minutes": max_minutes,
+            "steps_done": trainer.global_step,
+            "wall_s_this_run": time.perf_counter() - tic, "best": str(best.best_model_path),
             "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None}
     (out / "train.json").write_text(json.dumps(info, indent=2))
     return Path(best.best_model_path or last)

@@ -212,6 +212,48 @@ def test_sized_batches_pad_less_than_random_batches(world_logs):
     assert padded < random_padded
 
 
+def test_loader_workers_split_the_rounds_between_them(world_logs):
+    """With N DataLoader workers, the first N rounds are the single-process run's first N rounds: no batch twice."""
+    train = ClipDataset([world_logs], FUTURE, "train")
+    alone = list(itertools.islice(iter(SizedBatches(train, batch_size=4, pool=3, seed=1)), 6))
+    loader = torch.utils.data.DataLoader(SizedBatches(train, batch_size=4, pool=3, seed=1), batch_size=None,
+                                         num_workers=2)
+    parallel = list(itertools.islice(iter(loader), 6))
+    key = sorted(b["agents"].sum().item() for b in alone)
+    assert sorted(b["agents"].sum().item() for b in parallel) == key
+    assert len(set(key)) == 6, "the six batches differ"
+
+
+def test_time_budget_fits_the_decay_into_the_minutes_left(monkeypatch):
+    """100 steps in 10 s with 48.2 s left (97 % of the minute): the run is re-planned to end at step 681; a slow
+    stretch (a validation) lowers the plan only while it lasts; at the deadline the run stops."""
+    from types import SimpleNamespace
+
+    from simgen.world import train
+
+    clock = [0.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    budget = train.TimeBudget(minutes=1.0, every=100)
+    module = SimpleNamespace(hparams=SimpleNamespace(total_steps=40000))
+    trainer = SimpleNamespace(global_step=0, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(max_steps=40000)))
+
+    def at(step, seconds):
+        trainer.global_step, clock[0] = step, seconds
+        budget.on_train_batch_end(trainer, module)
+        return module.hparams.total_steps, trainer.fit_loop.epoch_loop.max_steps
+
+    assert at(100, 0.0) == (40000, 40000)
+    assert at(200, 10.0) == (681, 681)  # 10 steps/s, 48.2 s to the target
+    assert at(300, 40.0) == (360, 360)  # a slow stretch: 3.3 steps/s, 18.2 s left
+    assert at(400, 45.0) == (663, 663)  # back to 20 steps/s with 13.2 s left: the plan rises again
+    assert lr_factor(662, 663) < lr_factor(662, 40000)
+    trainer.should_stop = False
+    at(401, 59.9)
+    assert not trainer.should_stop
+    at(402, 60.0)
+    assert trainer.should_stop, "the deadline stops the run"
+
+
 def test_learning_rate_warms_up_then_decays_to_zero_and_replans_on_resume():
     assert lr_factor(0, 1000) < lr_factor(19, 1000) == 1.0
     decay = [lr_factor(s, 1000) for s in range(20, 1001, 10)]
