@@ -330,6 +330,28 @@ def test_on_roads_exact_distance_from_each_tiles_own_segments_equals_the_whole_m
     assert 0.2 < (exact > 0).float().mean() < 0.8 and (exact.abs() < 0.5).float().mean() > 0.2
 
 
+def test_on_road_projection_looks_up_only_the_road_of_held_tokens(scene):
+    """Invalid tokens far away (a free row's noise) build no raster tile: a tile is built from the whole map on first
+    use, and looking up every token made a step twice as slow with a further-trained checkpoint."""
+    from simgen.world.constraints import TILE_M
+    from simgen.world.tokenizer import COS, DELTA_SCALE_M, TYPE, VALID, X
+
+    roadmap, _ = scene
+    on_road = OnRoad(roadmap)
+    pose = torch.cat([on_road.a[0], torch.zeros(1, dtype=torch.float64)])[None]  # on a road edge
+    x0 = torch.zeros(1, 2, 3, 11)
+    x0[..., VALID], x0[..., COS], x0[..., TYPE.start] = 1.0, 1.0, 1.0  # two vehicles, three frames
+    x0[:, 1, :, VALID] = -1.0  # the second is not there ...
+    x0[:, 1, :, X] = 2000.0 / DELTA_SCALE_M  # ... and its channels point 2 km away
+    lanes = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])
+    out = on_road.project(x0, pose, torch.zeros(1, 2, 3, 2), lanes, torch.ones(1, 1, dtype=torch.bool),
+                          torch.ones(1, 2, dtype=torch.bool))
+    assert torch.equal(out[:, 1], x0[:, 1]), "an invalid token is not moved"
+    tiles = torch.tensor(list(on_road.index), dtype=torch.float64) * TILE_M
+    assert len(tiles), "the vehicle's road was looked up"
+    assert ((tiles - pose[0, :2]).norm(dim=-1) < 2 * TILE_M).all(), "no tile near the far token"
+
+
 def _step_with_plan(sampler, start, carry, x, y, heading, valid):
     """One executed frame of ``start`` whose plan holds every row at ``x, y, heading [A]`` (world frame) over the next
     ``TRACK_FRAMES`` frames (or puts them at ``[A, TRACK_FRAMES]``), with validity ``valid [A, TRACK_FRAMES]``
