@@ -260,7 +260,8 @@ def train_world(log_dirs: list[Path], out: Path, *, steps: int, batch_size: int 
         torch.utils.data.Subset(val_set, torch.randperm(len(val_set), generator=torch.Generator().manual_seed(1))
                                 [:8 * batch_size].tolist()),
         batch_size=batch_size, collate_fn=collate, **parallel)
-    torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them; no effect on CPUs
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matrix products (Ampere and later)
     module = WorldModule(config=asdict(config), future=future, lr=lr, total_steps=steps)
     last = out / "last.ckpt"
     resume = resume and last.exists()
