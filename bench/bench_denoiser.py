@@ -21,17 +21,17 @@ from timing import timed
 
 from simgen.agents.world_model import DEFAULT_CHECKPOINT
 from simgen.world.denoiser import DenoiserInput
-from simgen.world.sampler import WorldModel
-from simgen.world.tokenizer import AGENT_CHANNELS, AGENT_COND, HISTORY_OFFSETS, LIGHT_CHANNELS, LIGHT_COND, MAP_FEATURES
-
-FREE_ROWS = 8  # SPARE_ROWS of a trip (simgen.agents.world_model)
-POLYLINES, POINTS = 128, 8
+from simgen.world.sampler import SPARE_ROWS, WorldModel
+from simgen.world.tokenizer import (
+    AGENT_CHANNELS, AGENT_COND, HISTORY_OFFSETS, LIGHT_CHANNELS, LIGHT_COND, MAP_FEATURES, MAX_POLYLINES,
+    POINTS_PER_POLYLINE,
+)
 
 
 def window(rollouts: int, agents: int, lights: int, future: int, device: str) -> DenoiserInput:
     """A random input of a trip's shape: every row real, context frames given."""
     g = torch.Generator().manual_seed(0)
-    B, A, S, T = rollouts, agents + FREE_ROWS, lights, len(HISTORY_OFFSETS) + future
+    B, A, S, T = rollouts, agents + SPARE_ROWS, lights, len(HISTORY_OFFSETS) + future
     given = (torch.arange(T) < len(HISTORY_OFFSETS)).expand(B, A, T)
     inp = DenoiserInput(
         agents=torch.randn(B, A, T, AGENT_CHANNELS, generator=g), agent_given=given,
@@ -41,8 +41,8 @@ def window(rollouts: int, agents: int, lights: int, future: int, device: str) ->
         light_clean=torch.randn(B, S, T, LIGHT_CHANNELS, generator=g),
         light_cond=torch.randn(B, S, LIGHT_COND, generator=g),
         light_valid=torch.ones(B, S, T, dtype=torch.bool), light_mask=torch.ones(B, S, dtype=torch.bool),
-        map_features=torch.randn(B, POLYLINES, POINTS, MAP_FEATURES, generator=g),
-        map_valid=torch.ones(B, POLYLINES, dtype=torch.bool), noise_level=torch.rand(B, T, generator=g),
+        map_features=torch.randn(B, MAX_POLYLINES, POINTS_PER_POLYLINE, MAP_FEATURES, generator=g),
+        map_valid=torch.ones(B, MAX_POLYLINES, dtype=torch.bool), noise_level=torch.rand(B, T, generator=g),
         frame_offsets=torch.tensor([*HISTORY_OFFSETS, *range(1, future + 1)]))
     return DenoiserInput(**{k: v.to(device) for k, v in vars(inp).items()})
 
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
     model = WorldModel.load(args.checkpoint)
-    table = Table(title=f"denoiser call, {args.agents} agents + {FREE_ROWS} free rows, {args.lights} lights")
+    table = Table(title=f"denoiser call, {args.agents} agents + {SPARE_ROWS} free rows, {args.lights} lights")
     for column in ("device", "rollouts", "best ms", "median ms", "ms per rollout", "agent-steps/s (network)"):
         table.add_column(column, justify="right")
     baseline: dict[int, float] = {}
