@@ -343,9 +343,9 @@ def _run_jobs(fn: Callable[[_Job], Any], jobs: Sequence[_Job], workers: int, des
     """``[fn(job) for job in jobs]``, in a spawn process pool when ``workers > 1``, with a progress bar.
 
     Every job runs with one torch thread: scoring a scene was 6-13x slower with two on a busy 2-core machine
-    (as the rule-based actors were, ``simgen.sim.rollout.torch_threads``)."""
+    (as the rule-based actors were, ``simgen.threads``)."""
     from simgen.progress import progress_bar
-    from simgen.sim.rollout import torch_threads
+    from simgen.threads import torch_threads
 
     results: list[Any] = [None] * len(jobs)
     with progress_bar(description, total=len(jobs), enabled=progress) as advance:

@@ -875,7 +875,7 @@ def light_violations(roadmap: RoadMap, x: torch.Tensor, y: torch.Tensor, moving:
     k, g = on_slot.nonzero().unbind(-1)  # (vehicle-step, slot) pairs
     r, a, t, rl, now = r[k], a[k], t[k], rl[k], now[k]
     before = torch.stack([x[r, a, t], y[r, a, t]], dim=-1)
-    q, u = stop_xy[rl, g, t], _lane_end_direction(roadmap)[approach[rl, g, t]]  # [m, 2]
+    q, u = stop_xy[rl, g, t], roadmap.lane_end_direction[approach[rl, g, t]]  # [m, 2]
     crossed = (((before - q) * u).sum(-1) < 0) & (((now - q) * u).sum(-1) > 0)
     out[r[crossed], a[crossed], t[crossed]] = True
     return out
@@ -894,11 +894,3 @@ def nearest_vehicle_lane(roadmap: RoadMap, points: torch.Tensor, origin: torch.T
         return torch.full((points.shape[0],), -1, dtype=torch.long)
     _, segment = _SegmentCells(points, a, b, inside=False).nearest(points, torch.arange(len(points)))
     return lane_of_segment[segment]
-
-
-def _lane_end_direction(roadmap: RoadMap) -> torch.Tensor:
-    """``[L, 2]`` unit direction of each lane's last segment (the stop line's normal for its light slots)."""
-    last = roadmap.lane_point_valid.sum(-1) - 1  # [L]
-    rows = torch.arange(roadmap.num_lanes)
-    d = (roadmap.lane_xy[rows, last] - roadmap.lane_xy[rows, last - 1]).to(FLOAT)
-    return d / torch.linalg.vector_norm(d, dim=-1, keepdim=True).clamp_min(1e-12)

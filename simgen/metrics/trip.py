@@ -310,14 +310,6 @@ def _offroad(roadmap: RoadMap, xy: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _lane_end_direction(roadmap: RoadMap) -> torch.Tensor:
-    """``[L, 2]`` unit direction of each lane's last centreline segment (valid points are a prefix)."""
-    last = roadmap.lane_point_valid.sum(-1) - 1  # [L]
-    lanes = torch.arange(roadmap.num_lanes)
-    d = (roadmap.lane_xy[lanes, last] - roadmap.lane_xy[lanes, (last - 1).clamp_min(0)]).to(torch.float64)
-    return d / torch.linalg.norm(d, dim=-1, keepdim=True).clamp_min(1e-9)
-
-
 def _light_violations(roadmap: RoadMap, trip: SceneState, rows: torch.Tensor) -> torch.Tensor:
     """bool ``[V, T-1]``: vehicle ``rows[v]`` violates a light at transition k (index k − 1); step 3 of the doc.
 
@@ -336,7 +328,7 @@ def _light_violations(roadmap: RoadMap, trip: SceneState, rows: torch.Tensor) ->
     candidate = ((gap <= (travel.T + STOP_LINE_LATERAL_M)[:, :, None]) & moving.T[:, :, None]
                  & lights.valid[:, :-1].T[:, None, :])  # [T-1, V, S]
     k, v, g = torch.nonzero(candidate, as_tuple=True)  # [P] each
-    u = _lane_end_direction(roadmap)[lights.lane_id[g, k].long()]  # [P, 2] approach direction
+    u = roadmap.lane_end_direction[lights.lane_id[g, k].long()]  # [P, 2] approach direction
     before, after = front[v, k] - stop[g, k], front[v, k + 1] - stop[g, k]  # [P, 2]
     lateral = (before[:, 0] * u[:, 1] - before[:, 1] * u[:, 0]).abs()
     crossed = ((before * u).sum(-1) < 0) & ((after * u).sum(-1) >= 0) & (lateral <= STOP_LINE_LATERAL_M)

@@ -7,7 +7,6 @@ Any world that follows the policy protocol plugs in without changing it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +16,7 @@ import torch
 from simgen.agents import PolicyContext, make_policy
 from simgen.agents.lanes import lane_edge_id, locate, plan_route
 from simgen.sim.env import step as env_step
+from simgen.threads import torch_threads
 from simgen.types import Rollout, SceneState
 
 
@@ -30,18 +30,6 @@ def mask_future(log: SceneState) -> SceneState:
     return log.replace(traj=log.traj.map_tensors(erase),
                        lights=log.lights.replace(state=erase(log.lights.state, None),
                                                  valid=erase(log.lights.valid, None)))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run a block with ``n`` intra-op threads. Rule-based actors work on tensors of tens of agents, where
-    thread hand-offs cost more than they save (13x slower with 2 threads on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def closed_loop(initial: SceneState, av, world, steps: int, generator: torch.Generator,

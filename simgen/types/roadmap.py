@@ -132,6 +132,15 @@ class RoadMap(TensorData):
         """``[L]`` bool: lanes vehicles drive on (roads and junction connections)."""
         return self.lane_kind == LaneKind.DRIVING
 
+    @cached_property
+    def lane_end_direction(self) -> torch.Tensor:
+        """``[L, 2]`` float64 unit direction of each lane's last centreline segment (the normal of the stop line
+        at its end; valid points are a prefix)."""
+        last = self.lane_point_valid.sum(-1) - 1  # [L]
+        lanes = torch.arange(self.num_lanes)
+        d = (self.lane_xy[lanes, last] - self.lane_xy[lanes, (last - 1).clamp_min(0)]).to(torch.float64)
+        return d / torch.linalg.norm(d, dim=-1, keepdim=True).clamp_min(1e-9)
+
     def is_drivable(self, xy: torch.Tensor) -> torch.Tensor:
         """``[..., 2]`` world frame -> bool ``[...]``: inside the drivable area."""
         a, b = self.road_edge_segments

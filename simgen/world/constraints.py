@@ -79,7 +79,7 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
    the step it would cross it, on that light's approach or junction lane (the
    WOSAC violation feature, ``simgen.metrics.features.light_violations``,
    itself). Where its executed frame would, it moves only along the way to
-   that frame that stays behind the line (bisection), so it stops at the line
+   that frame that stays behind the line (``WorldSampler._stop_at_red``), so it stops at the line
    and drives on when the light changes. The model's plans alone ran some
    reds: on held-out Berlin, vehicles crept over a steady red at 3-4 m/s in
    every rollout of scene 44 (violation likelihood 0.006).
@@ -127,6 +127,7 @@ LOCAL_MARGIN_M = 2.0  # exact_distance: a tile's own segments are those within t
 CIRCLES = 3  # discs per box in push_apart
 PUSH_ITERATIONS = 3
 PUSH_MARGIN_M = 0.2  # in denoising, discs are pushed this far apart
+LANE_CROP_M = 20.0  # toward_lanes searches the lane points within this box around the poses first
 TRACK_FRAMES = 5  # planned frames the executed frame follows (track)
 # per AgentType (UNSET, VEHICLE, PEDESTRIAN, CYCLIST): executed-frame kinematic limits
 ACCEL_LIMIT = torch.tensor([6.0, 6.0, 3.0, 4.0])  # m/s², magnitude of the velocity change per second
@@ -436,8 +437,10 @@ class RedLights:
         if not near.any():
             return out
         points = after[near].double()
-        gap = torch.maximum(self.low[None] - points[:, None], points[:, None] - self.high[None]).clamp_min(0)
-        lanes = self.lanes[(gap.norm(dim=-1) < NEAREST_LANE_M).any(0)]  # a lane farther from all cannot be nearest
+        # A lane farther than NEAREST_LANE_M from the points' bounding box is nearest to none of them that has a lane
+        # within that distance (one box for all: the red-light stop asks about hundreds of points along a step).
+        gap = torch.maximum(self.low - points.amax(0), points.amin(0) - self.high).clamp_min(0)
+        lanes = self.lanes[gap.norm(dim=-1) < NEAREST_LANE_M]
         origin = points.mean(0)
         xy = torch.stack([before[near].double(), points], 1) - origin  # [n, 2 steps, 2]
         moving = torch.ones(1, len(points), 1, dtype=torch.bool)
@@ -513,6 +516,10 @@ def toward_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes:
     fraction of the way to the nearest driving lane on the side they face, as ``OnRoad.project`` moves tokens (the
     foot of the perpendicular, the lane's direction), shaped like ``weight``. ``lanes [M, 4]``: world-frame lane
     points (m) and their unit directions (cos, sin). The nearest lane is found once, for any number of weights."""
+    xy = torch.stack([x, y], -1).double()
+    crop = lanes[((lanes[:, :2] >= xy.amin(0) - LANE_CROP_M) & (lanes[:, :2] <= xy.amax(0) + LANE_CROP_M)).all(-1)]
+    if len(crop) and torch.cdist(xy, crop[:, :2]).amin(-1).max() <= LANE_CROP_M:  # then the nearest is in the crop
+        lanes = crop
     tokens = torch.zeros(1, len(x), 1, COS + 1, dtype=torch.float64)  # validity, position, heading
     tokens[0, :, 0, X], tokens[0, :, 0, Y] = x.double() / DELTA_SCALE_M, y.double() / DELTA_SCALE_M
     tokens[0, :, 0, SIN], tokens[0, :, 0, COS] = torch.sin(heading.double()), torch.cos(heading.double())

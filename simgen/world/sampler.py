@@ -96,6 +96,7 @@ from typing import Literal
 
 import torch
 
+from simgen.threads import torch_threads
 from simgen.types import DT_S, Action, AgentType, LightState, RoadMap, SceneState
 from simgen.world import constraints as C
 from simgen.world.data import MAX_LIGHTS, SPARE_SLOTS, MapContext
@@ -136,6 +137,7 @@ from simgen.world.tokenizer import (
 SamplerKind = Literal["amortized", "full"]
 FULL_STEPS = 16
 SPARE_ROWS = 2 * SPARE_SLOTS  # free rows a step computes when it may spawn (docstring, Rows; training has SPARE_SLOTS)
+STOP_FRACTIONS = 256  # a vehicle held at a red light stops within 1/256 of its step behind the line
 ENTRY_BAND_M = 5.0  # trips: new agents appear within this distance of the window's edge (docstring, Rows)
 
 
@@ -231,6 +233,7 @@ class SamplerOptions:
     no_overlap: bool = True
     enter_beyond_m: float = 0.0  # a new agent appears at least this far from the AV (the window's edge); 0: anywhere
     enter_within_m: float = math.inf  # ... and at most this far (the window's radius: the world removes it beyond)
+    threads: int | None = None  # CPU threads of the denoiser call (None: torch's count when the sampler is made)
 
 
 class WorldSampler:
@@ -247,6 +250,8 @@ class WorldSampler:
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
         self._lanes = None  # driving-lane points for the on-road check's third choice (``_steer_back``)
         self.red_lights = C.RedLights(roadmap)  # the executed frame's red-light check (``_stop_at_red``)
+        # The network alone runs on several threads; the closed loop around it runs on one (``simgen.threads``).
+        self.threads = options.threads or torch.get_num_threads()
         self._scheduler = None
         W = model.future
         self.levels = staircase(W)  # τ_k before a call
@@ -434,7 +439,8 @@ class WorldSampler:
         given = self._given(scenes, pose, context.ref[:, :, H:], window_agents.shape[1], carry.av_plan)
         inp, lanes, lane_valid = self._input(scenes, pose, context, window_agents, window_lights, levels_future,
                                              rows, slots, given)
-        v_agents, v_lights = self.model.denoiser(inp)
+        with torch_threads(self.threads):
+            v_agents, v_lights = self.model.denoiser(inp)
         carry.calls += 1
         B = len(scenes)
         levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, -1)], dim=1)
@@ -662,8 +668,8 @@ class WorldSampler:
 
     def _stop_at_red(self, scene: SceneState, t: int, x, y, heading, rows: torch.Tensor, light_state: torch.Tensor):
         """The poses ``x, y, heading [A]`` with each of ``rows`` that would run a red light (``constraints.RedLights``,
-        the lights at ``t + 1`` being ``light_state [S]``) moved back along its step to the farthest point, found by
-        bisection, that stays ``STOP_LINE_GAP_M`` behind the stop line."""
+        the lights at ``t + 1`` being ``light_state [S]``) moved back along its step to the point ``STOP_LINE_GAP_M``
+        behind the last of the fractions k / ``STOP_FRACTIONS`` of the step before the first that crosses the line."""
         r = rows.nonzero().flatten()
         if not len(r):
             return x, y, heading
@@ -675,11 +681,12 @@ class WorldSampler:
         if not red.any():
             return x, y, heading
         r, before, after = r[red], before[red], after[red]
-        lo, hi = torch.zeros(len(r), 1, dtype=torch.float64), torch.ones(len(r), 1, dtype=torch.float64)
-        for _ in range(C.BISECTION_STEPS + 2):
-            mid = (lo + hi) / 2
-            crosses = self.red_lights.runs(lights, before, before + mid * (after - before))[:, None]
-            hi, lo = torch.where(crosses, mid, hi), torch.where(crosses, lo, mid)
+        tries = STOP_FRACTIONS - 1  # the fractions k / STOP_FRACTIONS of the step, k = 1..tries, in one call
+        fraction = torch.arange(1, tries + 1, dtype=torch.float64) / STOP_FRACTIONS
+        points = before[:, None] + fraction[:, None] * (after - before)[:, None]  # [n, tries, 2]
+        crosses = self.red_lights.runs(lights, before.repeat_interleave(tries, 0), points.reshape(-1, 2))
+        crosses = torch.cat([crosses.reshape(len(r), tries), torch.ones(len(r), 1, dtype=torch.bool)], 1)
+        lo = (crosses.to(torch.uint8).argmax(1, keepdim=True) / STOP_FRACTIONS).double()  # the last one before
         step = (after - before).norm(dim=-1, keepdim=True).clamp_min(1e-9)
         lo = (lo - C.STOP_LINE_GAP_M / step).clamp_min(0.0)  # a gap float32 poses cannot round across
         x, y, heading = x.clone(), y.clone(), heading.clone()
@@ -814,7 +821,8 @@ class WorldSampler:
                 light_valid=torch.ones(1, S, T, dtype=torch.bool), light_mask=torch.ones(1, S, dtype=torch.bool),
                 map_features=feats, map_valid=map_valid, noise_level=level,
                 frame_offsets=self.offsets)
-            v_agents, v_lights = self.model.denoiser(inp)
+            with torch_threads(self.threads):
+                v_agents, v_lights = self.model.denoiser(inp)
             x0, eps = predict_clean(agents, v_agents, level, sigma_data(inp.agent_cond, self.offsets))
             l0, leps = predict_clean(lights, v_lights, level)
             x0 = C.soft_clip(C.keep_valid(x0, is_av), torch.zeros(1, num_agents, dtype=torch.bool))

@@ -180,12 +180,12 @@ def test_light_violations_match_a_loop(roadmap):
     """Vehicles drive through the stop points of the map's first light slots (several share an approach lane)
     with lateral offsets and speeds drawn at random, under random light states; the vectorized test agrees
     with a loop over vehicles, transitions and slots."""
-    from simgen.metrics.trip import STOP_LINE_LATERAL_M, _lane_end_direction, _light_violations
+    from simgen.metrics.trip import STOP_LINE_LATERAL_M, _light_violations
 
     gen = torch.Generator().manual_seed(5)
     num_vehicles, num_slots = 24, 9
     slots = torch.arange(num_slots)
-    u = _lane_end_direction(roadmap)[roadmap.signal_lane[slots].long()]  # [S, 2]
+    u = roadmap.lane_end_direction[roadmap.signal_lane[slots].long()]  # [S, 2]
     stop = roadmap.signal_stop_xy[slots].double()
     lane_of = torch.randint(num_slots, (num_vehicles,), generator=gen)
     speed = 2 + 13 * torch.rand(num_vehicles, 1, generator=gen).double()  # m/s
