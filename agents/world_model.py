@@ -2,8 +2,9 @@
 
 ``WORLDS["world_model"]`` options: ``checkpoint`` (default: the shipped
 ``checkpoints/world/world.pt``), ``sampler`` (``amortized`` | ``full``),
-``full_steps`` (K), ``replan_every`` (R, full sampler) and ``lights``
-(``model`` | ``sumo_program``).
+``full_steps`` (K), ``replan_every`` (R, full sampler), ``lights``
+(``model`` | ``sumo_program``) and ``device`` (``cpu`` | ``cuda``: where the
+network runs; the constraints and the loop stay on the CPU).
 
 - Role ``all`` (WOSAC protocol): the model drives every row of the window,
   the AV included; rows are fixed and kept valid.
@@ -47,7 +48,10 @@ def _load(path: str) -> WorldModel:
 @WORLDS.register("world_model")
 class WorldModelWorld:
     def __init__(self, ctx: PolicyContext, checkpoint: str | None = None, sampler: str = "amortized",
-                 full_steps: int = 16, replan_every: int = 1, lights: str = "model"):
+                 full_steps: int = 16, replan_every: int = 1, lights: str = "model", device: str = "cpu"):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"world_model: device {device!r}, but torch {torch.__version__} sees no CUDA device; "
+                             "set world_model.device: cpu (or install a CUDA build of torch)")
         if lights not in ("model", "sumo_program"):
             raise ValueError(f"world_model: lights must be 'model' or 'sumo_program', got {lights!r}")
         if sampler not in ("amortized", "full"):
@@ -58,7 +62,8 @@ class WorldModelWorld:
         edge = max(ctx.radius_m - ENTRY_BAND_M, 0.0) if ctx.role == "world" else 0.0  # agents enter at the edge
         options = SamplerOptions(kind=sampler, full_steps=full_steps, replan_every=replan_every,
                                  spawn=not protocol, drive_av=protocol, model_lights=lights == "model",
-                                 enter_beyond_m=edge, enter_within_m=ctx.radius_m if edge > 0 else math.inf)
+                                 enter_beyond_m=edge, enter_within_m=ctx.radius_m if edge > 0 else math.inf,
+                                 device=device)
         self.sampler = WorldSampler(model, ctx.roadmap, options, context=_map_context(ctx.roadmap))
         self.plan_horizon = 0 if protocol else model.future  # steps of the AV's plan to inpaint
 

@@ -203,6 +203,8 @@ def eval_cmd(
     trips: bool = typer.Option(False, help="also roll out the logs' trips and score the trip-level JSDs"),
     sampler: str = typer.Option("amortized", help="world model sampler: amortized (one denoiser call per step) | "
                                                   "full (K = 16 denoising steps every step)"),
+    device: str = typer.Option("cpu", help="where world-model networks run: cpu | cuda (32 rollouts of a scene are "
+                                           "one batch; constraints stay on the CPU)"),
 ):
     """Score worlds for realism on logged scenes: WOSAC 2025 metrics (trip JSDs with --trips).
 
@@ -239,7 +241,7 @@ def eval_cmd(
         worlds = [w + SAMPLER_SUFFIX if world_spec(w)[0] == "world_model" and not w.endswith(SAMPLER_SUFFIX)
                   else w for w in worlds]
     table = evaluate_worlds(logs_dir, worlds, rollouts=rollouts, scenes=scenes, seed=seed, workers=workers, av=av,
-                            trips=trips)
+                            trips=trips, device=device)
     write_report(table if len(worlds) > 1 else table["reports"][worlds[0]], out)
     summary = Table(title=f"eval -> {out}")
     for column in ("world", "meta-metric", "gap closed", "s / scene"):

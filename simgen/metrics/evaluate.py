@@ -177,6 +177,7 @@ class _Job:
     av: str | None
     rollouts: int
     seed: int
+    device: str = "cpu"  # where world-model networks run
 
 
 @functools.lru_cache(maxsize=4)
@@ -221,9 +222,9 @@ def _av_route(roadmap: RoadMap, log: SceneState, point) -> torch.Tensor | None:
 
 
 def roll_out(log_dir: str | Path, item: int, world: str, *, rollouts: int = 32, seed: int = 0,
-             av: str | None = None, kind: Kind = "scenes") -> tuple[SceneState, list[SceneState]]:
+             av: str | None = None, kind: Kind = "scenes", device: str = "cpu") -> tuple[SceneState, list[SceneState]]:
     """The logged scene window (or trip) ``item`` of ``log_dir`` and its rollouts, as ``evaluate`` makes them."""
-    return _roll_out(_Job(Path(log_dir), kind, item, world, av, rollouts, seed))
+    return _roll_out(_Job(Path(log_dir), kind, item, world, av, rollouts, seed, device))
 
 
 def _roll_out(job: _Job) -> tuple[SceneState, list[SceneState]]:
@@ -234,6 +235,8 @@ def _roll_out(job: _Job) -> tuple[SceneState, list[SceneState]]:
     logs, roadmap = _open_logs(job.log_dir)
     log = logs.scene(job.item) if job.kind == "scenes" else logs.trip(job.item)
     name, options = world_spec(job.world)
+    if name == "world_model":
+        options = {**options, "device": job.device}
     av_name = job.av if job.kind == "scenes" else job.av or TRIP_AV
     ctx = _context(job, log, roadmap, "all" if av_name is None else "world")
     start = mask_future(log)
@@ -373,7 +376,7 @@ def _run_jobs(fn: Callable[[_Job], Any], jobs: Sequence[_Job], workers: int, des
 # --- evaluation ----------------------------------------------------------------
 
 def _check_input(logs, worlds: Sequence[str], av: str | None, rollouts: int, scenes: int | None,
-                 trips: bool, workers: int) -> list[int]:
+                 trips: bool, workers: int, device: str = "cpu") -> list[int]:
     """Validate the request at the boundary; returns the scene ids to evaluate."""
     from simgen.agents import POLICIES, WORLDS
 
@@ -392,6 +395,8 @@ def _check_input(logs, worlds: Sequence[str], av: str | None, rollouts: int, sce
         raise EvalError(f"unknown AV policy '{av}'; choose one of {', '.join(sorted(POLICIES))} or module:Class")
     if rollouts < 1 or workers < 1:
         raise EvalError(f"rollouts ({rollouts}) and workers ({workers}) must be at least 1")
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise EvalError(f"--device {device}: torch {torch.__version__} sees no CUDA device; use --device cpu")
     available = len(logs.scene_entries)
     if available == 0:
         raise EvalError(f"{logs.root}: the logs hold no scene windows; record some with simgen logs --scenes N")
@@ -509,17 +514,17 @@ def trip_against_logs(roadmap: RoadMap, trip: SceneState, logs) -> dict[str, Any
 
 def evaluate_worlds(log_dir: str | Path, worlds: Sequence[str], *, rollouts: int = 32, scenes: int | None = None,
                     seed: int = 0, workers: int = 1, av: str | None = None, trips: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Evaluate several worlds on the same scenes and compare them (module docstring, "Comparing worlds")."""
     tic = time.perf_counter()
     log_dir = Path(log_dir)
     logs = load_logs(log_dir)
-    scene_ids = _check_input(logs, worlds, av, rollouts, scenes, trips, workers)
-    jobs = [_Job(log_dir, "scenes", i, world, av, rollouts, seed) for world in worlds for i in scene_ids]
+    scene_ids = _check_input(logs, worlds, av, rollouts, scenes, trips, workers, device)
+    jobs = [_Job(log_dir, "scenes", i, world, av, rollouts, seed, device) for world in worlds for i in scene_ids]
     scored = _run_jobs(_score_scene, jobs, workers, "eval scenes", progress)
     trip_reports: dict[str, dict[str, Any] | None] = dict.fromkeys(worlds)
     if trips:
-        trip_jobs = [_Job(log_dir, "trips", i, world, av, rollouts, seed)
+        trip_jobs = [_Job(log_dir, "trips", i, world, av, rollouts, seed, device)
                      for world in worlds for i in range(len(logs.trip_entries))]
         rolled = _run_jobs(_trip_rollouts, trip_jobs, workers, "eval trips", progress)
         roadmap = logs.roadmap()
@@ -531,7 +536,8 @@ def evaluate_worlds(log_dir: str | Path, worlds: Sequence[str], *, rollouts: int
         "map": logs.index.get("map", ""), "scenes": scene_ids,
         "seeds": {"seed": seed, "rollout_seed": "SeedSequence([seed, kind (0 scene, 1 trip), id, rollout]) "
                                                 "-> 31 bits: torch.Generator and PolicyContext.seed"},
-        "versions": version_info(), "timing": {"total_s": time.perf_counter() - tic, "workers": workers},
+        "versions": version_info(), "timing": {"total_s": time.perf_counter() - tic, "workers": workers,
+                                                "device": device},
     }
     reports = {world: _world_report(world, [s for s, job in zip(scored, jobs) if job.world == world],
                                     trip_reports[world], common)
@@ -541,7 +547,8 @@ def evaluate_worlds(log_dir: str | Path, worlds: Sequence[str], *, rollouts: int
 
 
 def evaluate(log_dir: str | Path, world: str, *, rollouts: int = 32, scenes: int | None = None, seed: int = 0,
-             workers: int = 1, av: str | None = None, trips: bool = False, progress: bool = True) -> dict[str, Any]:
+             workers: int = 1, av: str | None = None, trips: bool = False, progress: bool = True,
+             device: str = "cpu") -> dict[str, Any]:
     """Roll out ``world`` on the first ``scenes`` scene windows of ``log_dir`` (all by default) and score it.
 
     Returns the report of the module docstring. ``av=None`` follows the WOSAC
@@ -549,7 +556,7 @@ def evaluate(log_dir: str | Path, world: str, *, rollouts: int = 32, scenes: int
     policy in closed loop. ``trips`` also scores the LOG_DIR's trips.
     """
     table = evaluate_worlds(log_dir, [world], rollouts=rollouts, scenes=scenes, seed=seed, workers=workers, av=av,
-                            trips=trips, progress=progress)
+                            trips=trips, progress=progress, device=device)
     return table["reports"][world]
 
 

@@ -40,7 +40,7 @@ Forward
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,9 @@ class DenoiserInput:
     map_valid: torch.Tensor  # [B, M]
     noise_level: torch.Tensor  # [B, T] in [0, 1]
     frame_offsets: torch.Tensor  # [T] steps relative to the current step
+
+    def to(self, device: torch.device | str) -> DenoiserInput:
+        return DenoiserInput(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:

@@ -87,6 +87,7 @@ kept valid.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -234,6 +235,7 @@ class SamplerOptions:
     enter_beyond_m: float = 0.0  # a new agent appears at least this far from the AV (the window's edge); 0: anywhere
     enter_within_m: float = math.inf  # ... and at most this far (the window's radius: the world removes it beyond)
     threads: int | None = None  # CPU threads of the denoiser call (None: torch's count when the sampler is made)
+    device: str = "cpu"  # where the denoiser runs (cuda: the network only; constraints and the loop stay on the CPU)
 
 
 class WorldSampler:
@@ -252,6 +254,9 @@ class WorldSampler:
         self.red_lights = C.RedLights(roadmap)  # the executed frame's red-light check (``_stop_at_red``)
         # The network alone runs on several threads; the closed loop around it runs on one (``simgen.threads``).
         self.threads = options.threads or torch.get_num_threads()
+        self.network = model.denoiser  # on ``options.device``: a copy where the model's weights live elsewhere
+        if next(self.network.parameters()).device != torch.device(options.device):
+            self.network = copy.deepcopy(model.denoiser).to(options.device)
         self._scheduler = None
         W = model.future
         self.levels = staircase(W)  # τ_k before a call
@@ -439,8 +444,7 @@ class WorldSampler:
         given = self._given(scenes, pose, context.ref[:, :, H:], window_agents.shape[1], carry.av_plan)
         inp, lanes, lane_valid = self._input(scenes, pose, context, window_agents, window_lights, levels_future,
                                              rows, slots, given)
-        with torch_threads(self.threads):
-            v_agents, v_lights = self.model.denoiser(inp)
+        v_agents, v_lights = self._network(inp)
         carry.calls += 1
         B = len(scenes)
         levels = torch.cat([torch.zeros(B, H), levels_future.expand(B, -1)], dim=1)
@@ -454,6 +458,13 @@ class WorldSampler:
         if not self.options.model_lights:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
+
+    @torch.no_grad()
+    def _network(self, inp: DenoiserInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's v for agents and lights, on ``SamplerOptions.device``; returned on the CPU."""
+        with torch_threads(self.threads):
+            v_agents, v_lights = self.network(inp.to(self.options.device))
+        return v_agents.cpu(), v_lights.cpu()
 
     def _constrain(self, x0, pose, context: Context, rows, lanes, lane_valid, given, movable) -> torch.Tensor:
         """𝒞 on the future frames ``x0 [B, rows, W, C]`` (constraints docstring; the order matters: the given
@@ -821,8 +832,7 @@ class WorldSampler:
                 light_valid=torch.ones(1, S, T, dtype=torch.bool), light_mask=torch.ones(1, S, dtype=torch.bool),
                 map_features=feats, map_valid=map_valid, noise_level=level,
                 frame_offsets=self.offsets)
-            with torch_threads(self.threads):
-                v_agents, v_lights = self.model.denoiser(inp)
+            v_agents, v_lights = self._network(inp)
             x0, eps = predict_clean(agents, v_agents, level, sigma_data(inp.agent_cond, self.offsets))
             l0, leps = predict_clean(lights, v_lights, level)
             x0 = C.soft_clip(C.keep_valid(x0, is_av), torch.zeros(1, num_agents, dtype=torch.bool))

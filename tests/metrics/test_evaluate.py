@@ -108,6 +108,9 @@ def test_library_refuses_bad_requests(log_dir):
         evaluate(log_dir, "idm", av="teleport", progress=False)
     with pytest.raises(EvalError, match=f"holds {SCENES} scene windows"):
         evaluate(log_dir, "idm", scenes=SCENES + 1, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(EvalError, match="--device cuda: .* sees no CUDA device; use --device cpu"):
+            evaluate(log_dir, "world_model", device="cuda", progress=False)
 
 
 def simgen(*args):

@@ -189,6 +189,29 @@ def test_world_model_world_and_checkpoint_integrity(tiny_checkpoint, scene, tmp_
     with pytest.raises(ValueError, match="sampler"):
         make_policy("world_model", PolicyContext(roadmap=roadmap, role="all"), checkpoint=str(tiny_checkpoint),
                     sampler="fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="world_model.device: cpu"):
+            make_policy("world_model", PolicyContext(roadmap=roadmap, role="all"), checkpoint=str(tiny_checkpoint),
+                        device="cuda")
+
+
+def test_the_network_runs_on_its_threads_and_the_loop_keeps_its_own(tiny_checkpoint, scene, monkeypatch):
+    """The denoiser call uses ``SamplerOptions.threads``; the rule-based code around it keeps the loop's count."""
+    from simgen.threads import torch_threads
+    from simgen.world.denoiser import Denoiser
+
+    roadmap, log = scene
+    seen = []
+    forward = Denoiser.forward
+    monkeypatch.setattr(Denoiser, "forward", lambda self, batch: (seen.append(torch.get_num_threads()),
+                                                                  forward(self, batch))[1])
+    model = WorldModel.load(tiny_checkpoint)
+    sampler = WorldSampler(model, roadmap, SamplerOptions(spawn=False, drive_av=True, threads=2))
+    with torch_threads(1):
+        carry = sampler.start([mask_future(log)], torch.Generator().manual_seed(0))
+        sampler.step([mask_future(log)], carry, torch.Generator().manual_seed(1))
+        assert torch.get_num_threads() == 1
+    assert seen and set(seen) == {2}
 
 
 def test_agents_beyond_the_radius_leave_the_world_models_scene(tiny_checkpoint, scene):
