@@ -3,9 +3,12 @@
 Per scene window of ``--logs`` (default: held-out berlin windows, recorded once into
 ``~/.cache/simgen/bench/world_berlin``), both samplers drive every agent (the WOSAC protocol) for ``--steps``
 steps from the logged history, with ``--rollouts`` rollouts batched. Prints denoiser calls per simulation step
-(the warm-up counted apart) and wall seconds per step of each, and their ratios, measured side by side.
+(the warm-up counted apart) and wall seconds per step of each, and their ratios, measured side by side; with
+``--devices cpu,cuda``, once per device where the network runs (``SamplerOptions.device``; the constraints and the
+loop stay on the CPU), for the batched GPU figure.
 
     .venv/bin/python bench/bench_world.py [--checkpoint checkpoints/world/world.pt] [--scenes 3] [--steps 20]
+    .venv/bin/python bench/bench_world.py --devices cpu,cuda --rollouts 32 --scenes 2 --steps 10   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rollouts", type=int, default=1)
     parser.add_argument("--full-steps", type=int, default=16, help="K of the full sampler")
+    parser.add_argument("--devices", default="cpu", help="comma-separated devices the network runs on: cpu,cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.logs is None:
@@ -58,26 +62,29 @@ def main() -> None:
     logs = load_logs(args.logs)
     roadmap = logs.roadmap()
     model = WorldModel.load(args.checkpoint)
-    samplers = {kind: WorldSampler(model, roadmap, SamplerOptions(kind=kind, full_steps=args.full_steps, spawn=False,
-                                                                  drive_av=True))
-                for kind in ("amortized", "full")}
     table = Table(title=f"world model sampling, {args.rollouts} rollout(s) batched, {args.steps} steps: {args.logs}")
-    for column in ("scene", "agents", "amortized calls/step", "full calls/step", "call ratio",
-                   "amortized s/step", "full s/step", "time ratio"):
+    for column in ("device", "scene", "agents", "amortized calls/step", "full calls/step", "call ratio",
+                   "amortized s/step", "full s/step", "time ratio", "amortized agent-steps/s"):
         table.add_column(column, justify="right")
-    ratios = []
-    for i in range(min(args.scenes, len(logs))):
-        log = logs.scene(i)
-        start = mask_future(log)
-        _, calls_a, sec_a = time_sampler(samplers["amortized"], start, args.rollouts, args.steps, seed=i)
-        _, calls_f, sec_f = time_sampler(samplers["full"], start, args.rollouts, args.steps, seed=i)
-        ratios.append((calls_f / calls_a, sec_f / sec_a))
-        table.add_row(str(i), str(int(log.traj.valid[:, log.step].sum())), f"{calls_a:.1f}", f"{calls_f:.1f}",
-                      f"{calls_f / calls_a:.1f}x", f"{sec_a:.3f}", f"{sec_f:.3f}", f"{sec_f / sec_a:.1f}x")
-    n = len(ratios)
-    table.add_row("mean", "", "", "", f"{sum(r[0] for r in ratios) / n:.1f}x", "", "",
-                  f"{sum(r[1] for r in ratios) / n:.1f}x")
-    Console(width=160).print(table)
+    for device in args.devices.split(","):
+        samplers = {kind: WorldSampler(model, roadmap, SamplerOptions(kind=kind, full_steps=args.full_steps,
+                                                                      spawn=False, drive_av=True, device=device))
+                    for kind in ("amortized", "full")}
+        ratios = []
+        for i in range(min(args.scenes, len(logs))):
+            log = logs.scene(i)
+            start = mask_future(log)
+            agents = int(log.traj.valid[:, log.step].sum())
+            _, calls_a, sec_a = time_sampler(samplers["amortized"], start, args.rollouts, args.steps, seed=i)
+            _, calls_f, sec_f = time_sampler(samplers["full"], start, args.rollouts, args.steps, seed=i)
+            ratios.append((calls_f / calls_a, sec_f / sec_a))
+            table.add_row(device, str(i), str(agents), f"{calls_a:.1f}", f"{calls_f:.1f}", f"{calls_f / calls_a:.1f}x",
+                          f"{sec_a:.3f}", f"{sec_f:.3f}", f"{sec_f / sec_a:.1f}x",
+                          f"{agents * args.rollouts / sec_a:,.0f}")
+        n = len(ratios)
+        table.add_row(device, "mean", "", "", "", f"{sum(r[0] for r in ratios) / n:.1f}x", "", "",
+                      f"{sum(r[1] for r in ratios) / n:.1f}x", "")
+    Console(width=180).print(table)
 
 
 if __name__ == "__main__":
