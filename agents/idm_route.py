@@ -421,9 +421,17 @@ class IDMRoute(IDMDriver):
         if ctx.route_lanes is None or ctx.route_lanes.numel() == 0:
             raise ValueError("idm_route needs a route (route_lanes)")
         super().__init__(ctx, **params)
+        self._advanced: tuple | None = None  # (scene, state, their IDM step): ``plan`` and the next ``act`` share it
 
     def _path_from(self, lane: int, s: float, generator: torch.Generator) -> list[int]:
         return [int(v) for v in self.ctx.route_lanes.tolist()]
+
+    def _advance(self, scene: SceneState, st: IDMState):
+        """The IDM step, computed once for the ``plan`` and the ``act`` of the same scene and state (a fixed route
+        is never refreshed, so they are the same objects)."""
+        if self._advanced is None or self._advanced[0] is not scene or self._advanced[1] is not st:
+            self._advanced = (scene, st, super()._advance(scene, st))
+        return self._advanced[2]
 
     def plan(self, scene: SceneState, state: IDMState, horizon: int) -> Plan:
         """The next ``horizon`` poses: the next ``act`` exactly (one IDM step), then that speed held along the

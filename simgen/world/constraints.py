@@ -122,7 +122,10 @@ KERB_BAND_M = 0.02  # a cyclist first seen within this of the edge (or beyond it
 TILE_M = 64.0  # signed-distance raster tiles (denoising-time projection): 15 ms to build one on Berlin
 CELL_M = 0.5
 CELLS = round(TILE_M / CELL_M)  # cells along a tile's side
-RASTER_ERROR_M = 0.75  # |raster - exact| <= CELL_M * sqrt(2): bilinear weights of a 1-Lipschitz function
+# |raster - exact| <= CELL_M / sqrt(2): the bilinear mean of a 1-Lipschitz function's corner values, whose mean
+# distance to the point is largest at the cell's centre. Beyond this (plus the largest threshold a check compares
+# with, RIDER_SLACK_M), the raster orders a corner against every threshold as the exact distance does.
+RASTER_SURE_M = CELL_M / math.sqrt(2) + RIDER_SLACK_M + 0.01
 LOCAL_MARGIN_M = 2.0  # exact_distance: a tile's own segments are those within this distance of it
 CIRCLES = 3  # discs per box in push_apart
 PUSH_ITERATIONS = 3
@@ -287,11 +290,12 @@ class OnRoad:
     def outside_boxes(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,
                       width: torch.Tensor) -> torch.Tensor:
         """Largest corner distance outside the road edge (m) of world-frame boxes ``[N]``: exact wherever the sign
-        could differ (corners within ``RASTER_ERROR_M`` of the edge by the raster), the raster's elsewhere."""
+        could differ from a check's (corners within ``RASTER_SURE_M`` of the edge by the raster), the raster's
+        elsewhere."""
         corners = box_corners(x.double(), y.double(), heading.double(), length.double() / 2, width.double() / 2)
         corners = corners.reshape(-1, 2)
         distance = self.raster_distance(corners).double()
-        unsure = (distance.abs() <= RASTER_ERROR_M).nonzero().flatten()  # the rest has the right sign already
+        unsure = (distance.abs() <= RASTER_SURE_M).nonzero().flatten()  # the rest has the right sign already
         if len(unsure):
             distance[unsure] = self.exact_distance(corners[unsure])
         return distance.reshape(-1, 4).amax(-1)
