@@ -88,7 +88,6 @@ reference lines ``ref [B, A, F, 2]``) for the F future frames and return new one
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 
@@ -172,7 +171,9 @@ class OnRoad:
         self.a, self.b = a.double(), b.double()
         self.index: dict[tuple[int, int], int] = {}  # tile key -> its grid in ``grids`` (the first len(index))
         self.grids = torch.empty(0, CELLS + 1, CELLS + 1)
-        self.local: dict[tuple[int, int], Segments] = {}
+        far = torch.full((1, 2), 1e9, dtype=torch.float64)  # a degenerate segment far off pads the index rows
+        self.segments = Segments(torch.cat([self.a, far]), torch.cat([self.b, far]))
+        self.local: dict[tuple[int, int], torch.Tensor] = {}
 
     def _tile(self, key: tuple[int, int]) -> int:
         """The index in ``grids`` of tile ``key``'s signed distances (m) at its cell corners, built once."""
@@ -187,13 +188,14 @@ class OnRoad:
             self.index[key] = built
         return self.index[key]
 
-    def _local(self, key: tuple[int, int]) -> Segments:
-        """The segments of tile ``key`` grown by ``LOCAL_MARGIN_M`` (the rest cannot be nearer its points)."""
+    def _local(self, key: tuple[int, int]) -> torch.Tensor:
+        """Indices of the segments of tile ``key`` grown by ``LOCAL_MARGIN_M`` (the rest cannot be nearer its
+        points)."""
         if key not in self.local:
             lo = torch.tensor(key, dtype=torch.float64) * TILE_M - LOCAL_MARGIN_M
             hi = lo + TILE_M + 2 * LOCAL_MARGIN_M
             keep = ((torch.minimum(self.a, self.b) <= hi) & (torch.maximum(self.a, self.b) >= lo)).all(-1)
-            self.local[key] = Segments(self.a[keep], self.b[keep])
+            self.local[key] = keep.nonzero().flatten()
         return self.local[key]
 
     def exact_distance(self, points: torch.Tensor) -> torch.Tensor:
@@ -201,26 +203,29 @@ class OnRoad:
         ``signed_distance_to_rings`` gives it, from each tile's own segments: the distance to the nearest of them,
         and the side of the nearest raster corner (exact there) flipped by every edge between it and the point.
         Points farther than ``LOCAL_MARGIN_M`` from their tile's segments (or in a tile without any), or whose
-        corner is on an edge, take the whole map's computation."""
-        out = torch.empty(len(points), dtype=torch.float64)
-        for key, rows in _by_tile(points):
-            segments = self._local(key)
-            p = points[rows]
-            if not len(segments):
-                out[rows] = signed_distance_to_rings(p, self.a, self.b)
-                continue
-            origin = torch.tensor(key, dtype=torch.float64) * TILE_M
-            corner = ((p - origin) / CELL_M).round().long().clamp(0, CELLS)
-            corner_xy = origin + corner.double() * CELL_M
-            grid = self._tile(key)  # before reading ``grids``: it may build the tile
-            corner_side = self.grids[grid, corner[:, 0], corner[:, 1]]
-            every = torch.arange(len(segments)).expand(len(rows), -1)
-            distance = segments.squared_distance(p[:, :1], p[:, 1:], every).amin(-1).sqrt()
-            inside = (corner_side < 0) ^ (segments.crossings(corner_xy, p, every) % 2 == 1)
-            out[rows] = torch.where(inside, -distance, distance)
-            unsure = (distance > LOCAL_MARGIN_M) | (corner_side == 0)
-            if unsure.any():
-                out[rows[unsure]] = signed_distance_to_rings(p[unsure], self.a, self.b)
+        corner is on an edge, take the whole map's computation. All tiles in one pass: each point's row of segment
+        indices is its tile's, padded with a far, degenerate segment."""
+        tile, keys, inverse = _tiles(points)
+        local = [self._local(key) for key in keys]
+        width = max(len(rows) for rows in local)
+        if not width:
+            return signed_distance_to_rings(points, self.a, self.b)
+        index = torch.full((len(keys), width), len(self.a))
+        for k, rows in enumerate(local):
+            index[k, :len(rows)] = rows
+        grid = torch.tensor([self._tile(key) if len(rows) else 0 for key, rows in zip(keys, local)])  # may build
+        empty = torch.tensor([not len(rows) for rows in local])[inverse]
+        index, grid = index[inverse], grid[inverse]
+        origin = tile.double() * TILE_M
+        corner = ((points - origin) / CELL_M).round().long().clamp(0, CELLS)
+        corner_xy = origin + corner.double() * CELL_M
+        corner_side = self.grids[grid, corner[:, 0], corner[:, 1]]
+        distance = self.segments.squared_distance(points[:, :1], points[:, 1:], index).amin(-1).sqrt()
+        inside = (corner_side < 0) ^ (self.segments.crossings(corner_xy, points, index) % 2 == 1)
+        out = torch.where(inside, -distance, distance)
+        unsure = (distance > LOCAL_MARGIN_M) | (corner_side == 0) | empty
+        if unsure.any():
+            out[unsure] = signed_distance_to_rings(points[unsure], self.a, self.b)
         return out
 
     def raster_distance(self, points: torch.Tensor) -> torch.Tensor:
@@ -292,6 +297,8 @@ class OnRoad:
         """Largest corner distance outside the road edge (m) of world-frame boxes ``[N]``: exact wherever the sign
         could differ from a check's (corners within ``RASTER_SURE_M`` of the edge by the raster), the raster's
         elsewhere."""
+        if not len(x):
+            return torch.zeros(0, dtype=torch.float64)
         corners = box_corners(x.double(), y.double(), heading.double(), length.double() / 2, width.double() / 2)
         corners = corners.reshape(-1, 2)
         distance = self.raster_distance(corners).double()
@@ -309,13 +316,6 @@ def _tiles(points: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], t
     codes, inverse = torch.unique(code, return_inverse=True)
     one = torch.zeros(len(codes), dtype=torch.long).scatter_(0, inverse, torch.arange(len(code)))  # a point of each
     return tile, [tuple(k) for k in tile[one].tolist()], inverse
-
-
-def _by_tile(points: torch.Tensor) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
-    """The raster tiles ``points [N, 2]`` fall in: (tile key, the rows of ``points`` in it)."""
-    _, keys, inverse = _tiles(points)
-    for i, key in enumerate(keys):
-        yield key, (inverse == i).nonzero().flatten()
 
 
 def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
