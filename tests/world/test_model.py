@@ -293,25 +293,6 @@ def test_golden_output_of_a_tiny_seeded_denoiser():
     assert torch.allclose(lights_v[0, 0, :, 0], torch.tensor(expected_light_stop), atol=1e-4)
 
 
-def test_attention_written_out_on_cpu_matches_the_fused_kernel():
-    """The CPU path multiplies out the attention (faster at these lengths); it is the fused kernel's maths."""
-    import torch.nn.functional as F
-
-    from simgen.world.denoiser import Attention
-
-    torch.manual_seed(0)
-    attention = Attention(16, 4)
-    x, context = torch.randn(5, 7, 16), torch.randn(5, 9, 16)
-    key_mask = torch.rand(5, 9) > 0.3
-    key_mask[:, 0] = True
-    q = attention.q(x).reshape(5, 7, 4, 4).transpose(1, 2)
-    k, v = attention.kv(context).reshape(5, 9, 2, 4, 4).permute(2, 0, 3, 1, 4)
-    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
-    expected = attention.out(fused.transpose(1, 2).reshape(5, 7, 16))
-    assert torch.allclose(attention(x, context, key_mask), expected, atol=1e-6)
-    assert not torch.allclose(attention(x, context), expected, atol=1e-3)  # the mask matters
-
-
 def test_warm_start_keeps_old_weights_and_zeroes_appended_inputs():
     """Fine-tuning from a checkpoint made before an input was appended: the network starts as the old one."""
     from simgen.world.train import warm_start
