@@ -2,8 +2,8 @@
 1 to N rollouts at once, on each device given (CPU and, where present, CUDA), side by side in one process.
 
 Amortized sampling makes one denoiser call per simulation step (``simgen.world.sampler``), so a call's time is the
-network's share of a step; constraints and the closed loop add to it (about 48 ms of a 75 ms step on 2 CPU
-cores at 18 agents, ``bench/bench_rollout.py``). The window is the shipped checkpoint's: ``--agents`` agents plus 8
+network's share of a step; constraints and the closed loop add to it (about 35 ms of a 50 ms step on 2 CPU
+cores on the busy city trip, ``bench/bench_rollout.py``). The window is the shipped checkpoint's: ``--agents`` agents plus 8
 free rows, ``--lights`` lights, 5 context + 16 future frames, 128 map polylines; its values are random (the cost
 does not depend on them).
 
