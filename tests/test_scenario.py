@@ -45,6 +45,18 @@ def test_missing_file_missing_key_bad_yaml_unknown_world(tmp_path):
         scenario.load(write(tmp_path, "map: grid\nworld: carla\n"))
 
 
+def test_world_model_device_is_checked_when_the_scenario_is_read(tmp_path):
+    """A bad or unavailable device is refused before any SUMO run, naming the key and the fix."""
+    import torch
+
+    with pytest.raises(scenario.ScenarioError, match="world_model.device.*should match pattern"):
+        scenario.load(write(tmp_path, "map: grid\n"), ["world_model.device=gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(scenario.ScenarioError, match="world_model.device': cuda, .* set it to cpu"):
+            scenario.load(write(tmp_path, "map: grid\n"), ["world_model.device=cuda"])
+    assert scenario.load(write(tmp_path, "map: grid\nworld: idm\n"), ["world_model.device=cuda:1"]).world == "idm"
+
+
 def test_overrides(tmp_path):
     s = scenario.load(write(tmp_path, "map: grid\n"), ["world=idm", "scene.radius_m=80", "duration_s=2.5"])
     assert s.world == "idm" and s.scene.radius_m == 80 and s.steps == 25
