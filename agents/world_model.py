@@ -35,7 +35,7 @@ import torch
 from simgen.agents.base import WORLDS, PolicyContext, leave_radius
 from simgen.sim.env import step as env_step
 from simgen.types import Action, SceneState
-from simgen.world.sampler import ENTRY_BAND_M, SamplerOptions, WorldModel, WorldSampler
+from simgen.world.sampler import ENTRY_BAND_M, SamplerOptions, WorldModel, WorldSampler, device_problem
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "world" / "world.pt"
 
@@ -49,8 +49,8 @@ def _load(path: str) -> WorldModel:
 class WorldModelWorld:
     def __init__(self, ctx: PolicyContext, checkpoint: str | None = None, sampler: str = "amortized",
                  full_steps: int = 16, replan_every: int = 1, lights: str = "model", device: str = "cpu"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"world_model: device {device!r}, but torch {torch.__version__} sees no CUDA device; "
+        if problem := device_problem(device):
+            raise ValueError(f"world_model: device {device!r}, but {problem}; "
                              "set world_model.device: cpu (or install a CUDA build of torch)")
         if lights not in ("model", "sumo_program"):
             raise ValueError(f"world_model: lights must be 'model' or 'sumo_program', got {lights!r}")

@@ -161,12 +161,12 @@ def parse(data: Any, source: str = "<scenario>", overrides: list[str] = ()) -> S
     if scenario.av.policy not in POLICIES and ":" not in scenario.av.policy:
         raise ScenarioError(f"{source}: key 'av.policy': unknown policy '{scenario.av.policy}'; "
                             f"choose one of {', '.join(sorted(POLICIES))} or module:Class")
-    if scenario.world == "world_model" and scenario.world_model.device != "cpu":
-        import torch
+    if scenario.world == "world_model":
+        from simgen.world.sampler import device_problem
 
-        if not torch.cuda.is_available():
-            raise ScenarioError(f"{source}: key 'world_model.device': {scenario.world_model.device}, but torch "
-                                f"{torch.__version__} sees no CUDA device; set it to cpu (or install a CUDA build)")
+        if problem := device_problem(scenario.world_model.device):
+            raise ScenarioError(f"{source}: key 'world_model.device': {scenario.world_model.device}, but {problem}; "
+                                "set it to cpu (or install a CUDA build)")
     return scenario
 
 

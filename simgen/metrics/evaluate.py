@@ -395,8 +395,10 @@ def _check_input(logs, worlds: Sequence[str], av: str | None, rollouts: int, sce
         raise EvalError(f"unknown AV policy '{av}'; choose one of {', '.join(sorted(POLICIES))} or module:Class")
     if rollouts < 1 or workers < 1:
         raise EvalError(f"rollouts ({rollouts}) and workers ({workers}) must be at least 1")
-    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
-        raise EvalError(f"--device {device}: torch {torch.__version__} sees no CUDA device; use --device cpu")
+    from simgen.world.sampler import device_problem
+
+    if problem := device_problem(device):
+        raise EvalError(f"--device {device}: {problem}; use --device cpu")
     available = len(logs.scene_entries)
     if available == 0:
         raise EvalError(f"{logs.root}: the logs hold no scene windows; record some with simgen logs --scenes N")

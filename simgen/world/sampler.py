@@ -146,6 +146,13 @@ class CheckpointError(ValueError):
     pass
 
 
+def device_problem(device: str) -> str | None:
+    """Why the network cannot run on ``device`` here (``SamplerOptions.device``), or None if it can."""
+    if device == "cpu" or (device.startswith("cuda") and torch.cuda.is_available()):
+        return None
+    return f"torch {torch.__version__} sees no CUDA device"
+
+
 @dataclass(frozen=True)
 class WorldModel:
     """A trained denoiser and the window it was trained for."""
