@@ -23,8 +23,8 @@ Notation
 1. Warm-up: denoise the whole window from pure noise with K DDIM steps (each
    step applies 𝒞), then re-noise frame k to ``τ_k`` with fresh noise.
 2. Every simulation step, **one** denoiser call: with the window at levels
-   ``τ_k = (k / W)²`` (``diffusion.staircase``), predict x̂_0, apply 𝒞, and
-   take each frame one DDIM step to ``((k - 1) / W)²``. Frame 1 reaches level
+   ``τ_k = (k / W)³`` (``diffusion.staircase``), predict x̂_0, apply 𝒞, and
+   take each frame one DDIM step to ``((k - 1) / W)³``. Frame 1 reaches level
    0: it is clean and is executed.
 3. Shift: frames 2..W become 1..W-1 (already at their new levels), and a
    pure-noise frame is appended as frame W.

@@ -107,6 +107,21 @@ def test_reanchoring_a_noisy_window_is_exact(generator):
     assert alpha_bar(torch.tensor(0.0)) == 1.0
 
 
+def test_the_amortized_staircase_shifts_onto_itself_and_executes_clean_frames():
+    """One call takes frame k + 1 exactly to frame k's level before the next call (so the shift needs no re-noising),
+    the frame about to be executed is clean on the schedule's grid, and the far end is pure noise."""
+    from simgen.world.diffusion import staircase
+
+    before, after = staircase(16), staircase(16, 0.0)
+    assert torch.equal(after[1:], before[:-1])
+    assert after[0] == 0 and before[-1] == 1
+    assert (before.diff() > 0).all()
+    noise_std = (1 - alpha_bar(before)).sqrt()
+    assert noise_std[0] == 0, "the executed frame comes out of the previous call clean"
+    assert noise_std[1] < 0.01 and noise_std[4] < 0.1, "the next half second is only refined"
+    assert noise_std[-1] > 0.99
+
+
 def test_prediction_with_a_data_scale_inverts_its_target_and_is_v_prediction_at_unit_scale(generator):
     """x̂_0 from the exact target is x_0 at every level and data scale; σ_d = 1 is plain v-prediction."""
     from simgen.world.diffusion import predict_clean, v_target
