@@ -6,9 +6,11 @@ input and its v-prediction targets. Per example it draws one task:
 | task | share | noise levels τ (future frames) | given |
 |---|---|---|---|
 | uniform | 0.35 | one τ ~ U(0, 1] for the window | context frames |
-| amortized | 0.40 | rising: frame k of W gets ``((k - 1 + u) / W)³`` (``staircase``; the shipped weights: ``²``), u ~ U(0, 1] | context frames |
+| amortized | 0.40 | rising: frame k of W gets ``((k - 1 + u) / W)³`` (``staircase``), u ~ U(0, 1] | context frames |
 | per-frame | 0.15 | independent U(0, 1], sorted to rise | context frames |
 | initialize | 0.10 | one τ for *every* frame, context included; positions unanchored | random agents (p 0.2) |
+
+(The shipped weights were trained with the square, ``((k - 1 + u) / W)²``.)
 
 On top, the AV's whole clip is given with probability 0.25 (inpainting the
 AV's plan) and the lights' whole clip with probability 0.2 (SUMO's signal
