@@ -466,7 +466,7 @@ class WorldSampler:
             l0 = inp.light_clean[:, :, H:]
         return x0, eps, l0, leps
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _network(self, inp: DenoiserInput) -> tuple[torch.Tensor, torch.Tensor]:
         """The denoiser's v for agents and lights, on ``SamplerOptions.device``; returned on the CPU."""
         with torch_threads(self.threads):
