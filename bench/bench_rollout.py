@@ -1,4 +1,5 @@
-"""Wall-time breakdown of `simgen rollout`: map, SUMO reference trip, closed-loop simulation, BEV rendering.
+"""Wall-time breakdown of `simgen rollout`: map, SUMO reference trip, loading the policies (checkpoints,
+schedulers), closed-loop simulation, BEV rendering.
 
 Runs one scenario per world in this process and prints seconds per stage, agent-steps/s of the closed
 loop, the ratio of simulation to rendering time, and the number of agents in the scene per step (mean, min-max
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     table = Table(title=f"simgen rollout breakdown: {args.config}")
-    for column in ("world", "steps", "agent-steps", "map s", "SUMO reference s", "simulate s", "render s",
+    for column in ("world", "steps", "agent-steps", "map s", "SUMO reference s", "load s", "simulate s", "render s",
                    "agent-steps/s", "ms/step", "agents/step (min-max)", "all finite", "simulate/render"):
         table.add_column(column, justify="right")
     for world in args.worlds.split(","):
@@ -49,7 +50,7 @@ def main() -> None:
         counts = traj.valid[~state.meta.is_av, rollout.history_steps:].sum(0).float()
         finite = bool(torch.isfinite(torch.stack([traj.x, traj.y, traj.heading]))[:, traj.valid].all())
         table.add_row(world, str(info["steps"]), str(info["agent_steps"]), f"{t['map_s']:.2f}",
-                      f"{t['reference_s']:.2f}", f"{t['simulate_s']:.2f}", f"{render_s:.2f}",
+                      f"{t['reference_s']:.2f}", f"{t['load_s']:.2f}", f"{t['simulate_s']:.2f}", f"{render_s:.2f}",
                       f"{info['agent_steps'] / t['simulate_s']:.0f}", f"{1000 * t['simulate_s'] / info['steps']:.1f}",
                       f"{counts.mean():.1f} ({counts.min():.0f}-{counts.max():.0f})", str(finite),
                       f"{t['simulate_s'] / render_s:.2f}")

@@ -104,9 +104,11 @@ def run_scenario(scenario, workdir: Path, progress: bool = True) -> tuple[Rollou
     route_lanes = route_lanes_for(roadmap, log, ref.route_edges)
     common = dict(roadmap=roadmap, seed=scenario.seed, log=log, route_lanes=route_lanes, reference=ref,
                   map_source=source, radius_m=scenario.scene.radius_m)
+    tic = time.perf_counter()
     av = make_policy(scenario.av.policy, PolicyContext(role="av", **common))
     world_options = scenario.world_model.model_dump() if scenario.world == "world_model" else {}
     world = make_policy(scenario.world, PolicyContext(role="world", **common), **world_options)
+    timings["load_s"] = time.perf_counter() - tic  # policies: checkpoints, schedulers, map caches
     generator = torch.Generator().manual_seed(scenario.seed)
     tic = time.perf_counter()
     with progress_bar("closed loop", total=steps, enabled=progress) as advance:

@@ -170,6 +170,12 @@ class OnRoad:
         a, b = roadmap.road_edge_segments
         self.a, self.b = a.double(), b.double()
         self.index: dict[tuple[int, int], int] = {}  # tile key -> its grid in ``grids`` (the first len(index))
+        # The same for the tiles over the map and one more around it, as a table (-1: not built): the hot path's
+        # lookup (``_grids``), no Python per tile.
+        ends = torch.cat([self.a, self.b]) if len(self.a) else torch.zeros(1, 2, dtype=torch.float64)
+        self.table_origin = torch.floor(ends.amin(0) / TILE_M).long() - 1
+        self.table_size = torch.floor(ends.amax(0) / TILE_M).long() + 2 - self.table_origin
+        self.table = torch.full(tuple(self.table_size.tolist()), -1, dtype=torch.long)
         self.grids = torch.empty(0, CELLS + 1, CELLS + 1)
         far = torch.full((1, 2), 1e9, dtype=torch.float64)  # a degenerate segment far off pads the index rows
         self.segments = Segments(torch.cat([self.a, far]), torch.cat([self.b, far]))
@@ -186,7 +192,20 @@ class OnRoad:
                 self.grids = torch.cat([self.grids, torch.empty(max(built, 4), CELLS + 1, CELLS + 1)])
             self.grids[built] = signed_distance_to_rings(points, self.a, self.b).reshape(CELLS + 1, CELLS + 1)
             self.index[key] = built
+            at = torch.tensor(key) - self.table_origin
+            if ((at >= 0) & (at < self.table_size)).all():
+                self.table[at[0], at[1]] = built
         return self.index[key]
+
+    def _grids(self, tile: torch.Tensor) -> torch.Tensor:
+        """``[N]`` the index in ``grids`` of the tiles ``tile [N, 2]`` (``_tiles``), building those not built yet."""
+        at = tile - self.table_origin
+        if len(at) and bool(((at >= 0) & (at < self.table_size)).all()):
+            grid = self.table[at[:, 0], at[:, 1]]
+            if bool((grid >= 0).all()):
+                return grid
+        keys, inverse = _tile_keys(tile)
+        return torch.tensor([self._tile(key) for key in keys], dtype=torch.long)[inverse]
 
     def _local(self, key: tuple[int, int]) -> torch.Tensor:
         """Indices of the segments of tile ``key`` grown by ``LOCAL_MARGIN_M`` (the rest cannot be nearer its
@@ -205,7 +224,8 @@ class OnRoad:
         Points farther than ``LOCAL_MARGIN_M`` from their tile's segments (or in a tile without any), or whose
         corner is on an edge, take the whole map's computation. All tiles in one pass: each point's row of segment
         indices is its tile's, padded with a far, degenerate segment."""
-        tile, keys, inverse = _tiles(points)
+        tile = _tiles(points)
+        keys, inverse = _tile_keys(tile)
         local = [self._local(key) for key in keys]
         width = max(len(rows) for rows in local)
         if not width:
@@ -231,8 +251,8 @@ class OnRoad:
     def raster_distance(self, points: torch.Tensor) -> torch.Tensor:
         """Bilinear signed distance (m) from the rastered tiles at ``points [N, 2]`` (world frame, m).
         Within about ``CELL_M / 2`` of the exact value (1-Lipschitz)."""
-        tile, keys, inverse = _tiles(points)
-        grid = torch.tensor([self._tile(key) for key in keys], dtype=torch.long)[inverse]
+        tile = _tiles(points)
+        grid = self._grids(tile)
         local = (points - tile.to(points.dtype) * TILE_M) / CELL_M
         i0 = local.floor().long().clamp(0, CELLS - 1)
         f = (local - i0).float()
@@ -281,15 +301,20 @@ class OnRoad:
         token_ref = ref[b, a, f][:, None, None]  # [n, 1, 1, 2]
         token_margin = margin[b, a, f][:, None, None]
         target = _nearest_lane(x0, ref, lane_local, lane_valid, facing)[b, a, f][:, None, None]  # [n, 1, 1, 4]
-        lo = torch.zeros(len(b), 1, 1, dtype=x0.dtype)
-        hi = torch.ones_like(lo)
-        for _ in range(BISECTION_STEPS):  # smallest blend that is inside (monotone enough in practice)
-            mid = (lo + hi) / 2
-            inside = self.outside(_blend(tokens, target, mid), pose[b], token_ref) <= -token_margin
-            hi = torch.where(inside, mid, hi)
-            lo = torch.where(inside, lo, mid)
+        # Bisection for the smallest blend that is inside (monotone enough in practice). Every blend it can try is
+        # a multiple of 1 / 2^BISECTION_STEPS, so all of them are looked up in one call and the bisection reads them.
+        steps = 2 ** BISECTION_STEPS
+        n, tries = len(b), steps - 1
+        blends = (torch.arange(1, steps, dtype=x0.dtype) / steps)[None, :, None].expand(n, tries, 1)
+        inside = self.outside(_blend(tokens.expand(n, tries, 1, -1), target.expand(n, tries, 1, -1), blends),
+                              pose[b], token_ref.expand(n, tries, 1, -1))[..., 0] <= -token_margin[:, :, 0]
+        lo, hi = torch.zeros(n, dtype=torch.long), torch.full((n,), steps)
+        for _ in range(BISECTION_STEPS):
+            mid = (lo + hi) // 2
+            ok = inside.gather(1, mid[:, None] - 1)[:, 0]
+            hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
         moved = torch.zeros_like(x0)  # per-frame correction, [B, A, F, C]
-        moved[b, a, f] = (_blend(tokens, target, hi) - tokens)[:, 0, 0]
+        moved[b, a, f] = (_blend(tokens, target, (hi.to(x0.dtype) / steps)[:, None, None]) - tokens)[:, 0, 0]
         return x0 + spread(moved, off, vehicle)
 
     def outside_boxes(self, x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, length: torch.Tensor,
@@ -308,14 +333,17 @@ class OnRoad:
         return distance.reshape(-1, 4).amax(-1)
 
 
-def _tiles(points: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
-    """The raster tiles ``points [N, 2]`` fall in: each point's tile ``[N, 2]``, the distinct tile keys, and each
-    point's index among them ``[N]``."""
-    tile = torch.floor(points / TILE_M).long()
+def _tiles(points: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]`` the raster tile each of ``points [N, 2]`` (world frame, m) falls in."""
+    return torch.floor(points / TILE_M).long()
+
+
+def _tile_keys(tile: torch.Tensor) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The distinct keys of the tiles ``tile [N, 2]``, and each one's index among them ``[N]``."""
     code = tile[:, 0] * 1_000_003 + tile[:, 1]  # one int per tile (maps span far fewer tiles)
     codes, inverse = torch.unique(code, return_inverse=True)
     one = torch.zeros(len(codes), dtype=torch.long).scatter_(0, inverse, torch.arange(len(code)))  # a point of each
-    return tile, [tuple(k) for k in tile[one].tolist()], inverse
+    return [tuple(k) for k in tile[one].tolist()], inverse
 
 
 def spread(moved: torch.Tensor, hit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -458,9 +486,8 @@ def overlapping_pairs(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, l
     """``[N, N]`` bool: pairs of valid world-frame boxes ``[N]`` that overlap, as exact rectangles (the trip
     metrics' collisions; WOSAC's rounded corners make a subset of these)."""
     n = len(x)
-    i, j = torch.triu_indices(n, n, 1)
-    keep = valid[i] & valid[j]
-    i, j = i[keep], j[keep]
+    rows = valid.nonzero().flatten()  # trips hold hundreds of rows, a few dozen of them valid
+    i, j = rows[torch.triu_indices(len(rows), len(rows), 1)]
     out = torch.zeros(n, n, dtype=torch.bool)
     if len(i) == 0:
         return out

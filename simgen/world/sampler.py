@@ -264,17 +264,12 @@ class WorldSampler:
         self.network = model.denoiser  # on ``options.device``: a copy where the model's weights live elsewhere
         if next(self.network.parameters()).device != torch.device(options.device):
             self.network = copy.deepcopy(model.denoiser).to(options.device)
-        self._scheduler = None
+        # diffusers' scheduler gives the DDIM timesteps of the warm-up, the full sampler and ``initialize``. Made here,
+        # with the model: importing diffusers takes 1-2 s, a start-up cost like loading the weights, not a step's.
+        self.scheduler = make_scheduler()
         W = model.future
         self.levels = staircase(W)  # τ_k before a call
         self.offsets = torch.tensor([*HISTORY_OFFSETS, *range(1, W + 1)])
-
-    @property
-    def scheduler(self):
-        """diffusers' scheduler, made on first use (the full sampler and ``initialize`` need its timesteps)."""
-        if self._scheduler is None:
-            self._scheduler = make_scheduler()
-        return self._scheduler
 
     # --- inputs ------------------------------------------------------------------
     def _pose(self, scenes: list[SceneState]) -> torch.Tensor:
@@ -647,18 +642,22 @@ class WorldSampler:
             if self.fixed is not None:
                 road_user[self.fixed.rows] = False
             slack = torch.where(agent_type == AgentType.VEHICLE, 0.0, rider_slack.nan_to_num(0.0))
-            stuck = self._leaves_road(traj, t, x, y, heading, length, width, road_user, slack)
+            was = road_user & traj.valid[:, t]  # how far off the road (m) the road users were at step t; NaN if new
+            before = torch.full((scene.num_agents,), torch.nan, dtype=torch.float64)
+            before[was] = self.on_road.outside_boxes(traj.x[was, t], traj.y[was, t], traj.heading[was, t], length[was],
+                                                     width[was])
+            stuck = self._leaves_road(x, y, heading, length, width, road_user, slack, before)
             retry = stuck & continuing
             if retry.any():  # the tracked frame leaves the road: try the plan's next frame within the limits
                 planned = [v.clone() for v in frame]
                 for v, p in zip(planned, C.kinematic_limits(*(v[c] for v in frame), *now, velocity, agent_type[c])):
                     v[c] = p
-                ok = retry & ~self._leaves_road(traj, t, *planned, length, width, retry, slack)
+                ok = retry & ~self._leaves_road(*planned, length, width, retry, slack, before)
                 x, y, heading = (torch.where(ok, p, v) for p, v in zip(planned, (x, y, heading)))
                 stuck &= ~ok
             rescue = stuck & continuing
             if rescue.any():  # third choice: the tracked frame steered toward its lane, the least that keeps the road
-                x, y, heading, ok = self._steer_back(traj, t, x, y, heading, length, width, rescue, slack)
+                x, y, heading, ok = self._steer_back(x, y, heading, length, width, rescue, slack, before)
                 stuck &= ~ok
             hold = stuck & traj.valid[:, t]
             x, y, heading = (torch.where(hold, v[:, t], n) for v, n in ((traj.x, x), (traj.y, y),
@@ -714,11 +713,12 @@ class WorldSampler:
         heading[r] = (scene.traj.heading[r, t].double() + lo[:, 0] * turn).to(heading.dtype)
         return x, y, heading
 
-    def _steer_back(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor):
+    def _steer_back(self, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor,
+                    before: torch.Tensor):
         """The on-road check's third choice (``constraints`` docstring, 4): the poses ``x, y, heading [A]`` of ``rows``
         moved toward their driving lane (``constraints.toward_lanes``) by the smallest blend k / 2^``BISECTION_STEPS``
-        that keeps them on the road (all blends checked in one call). Returns the poses and ``[A]`` which rows it
-        saved."""
+        that keeps them on the road (``_leaving`` from ``before``; all blends checked in one call). Returns the poses
+        and ``[A]`` which rows it saved."""
         r = rows.nonzero().flatten()
         if self._lanes is None:  # every driving-lane point of the map and its direction, world frame
             bank = self.context.bank
@@ -731,10 +731,7 @@ class WorldSampler:
         moved = C.toward_lanes(x[r], y[r], heading[r], self._lanes)(weight)  # x, y, heading [n, tries]
         after = self.on_road.outside_boxes(*(v.flatten() for v in moved), length[r].repeat_interleave(tries),
                                            width[r].repeat_interleave(tries)).reshape(len(r), tries)
-        before = torch.full((len(r),), torch.nan, dtype=torch.float64)
-        known = traj.valid[r, t]
-        before[known] = self._off_road_at(traj, t, r[known], length, width)
-        fine = ~_leaving(after, before[:, None], slack[r, None])  # [n, tries]
+        fine = ~_leaving(after, before[r, None], slack[r, None])  # [n, tries]
         least = fine.to(torch.uint8).argmax(1, keepdim=True)  # the first blend that keeps the road
         ok = torch.zeros_like(rows)
         ok[r] = fine.any(1)
@@ -743,23 +740,15 @@ class WorldSampler:
             v[r] = torch.where(ok[r], m.gather(1, least)[:, 0].to(v.dtype), v[r])
         return (*out, ok)
 
-    def _leaves_road(self, traj, t: int, x, y, heading, length, width, rows: torch.Tensor,
-                     slack: torch.Tensor) -> torch.Tensor:
-        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]`` (``_leaving``, from where
-        they were at step ``t``)."""
+    def _leaves_road(self, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor,
+                     before: torch.Tensor) -> torch.Tensor:
+        """``[A]`` which of ``rows`` would leave the road at the poses ``x, y, heading [A]`` (``_leaving``, from
+        ``before [A]``: how far off it they were at the last step)."""
         out = rows.clone()
         on = rows.nonzero().flatten()
         after = self.on_road.outside_boxes(x[on], y[on], heading[on], length[on], width[on])
-        before = torch.full_like(after, torch.nan)
-        was = (traj.valid[on, t] & (after > slack[on])).nonzero().flatten()  # only these can be excused
-        before[was] = self._off_road_at(traj, t, on[was], length, width)
-        out[on] = _leaving(after, before, slack[on])
+        out[on] = _leaving(after, before[on], slack[on])
         return out
-
-    def _off_road_at(self, traj, t: int, rows: torch.Tensor, length, width) -> torch.Tensor:
-        """How far off the road (m; ``OnRoad.outside_boxes``) the boxes of ``rows`` (indices) were at step ``t``."""
-        return self.on_road.outside_boxes(traj.x[rows, t], traj.y[rows, t], traj.heading[rows, t], length[rows],
-                                          width[rows])
 
     def _separate(self, scene: SceneState, x, y, heading, length, width, valid, controlled, av_next):
         """Executed-frame no-overlap check (``constraints`` docstring, 5): rows the model moved into a new
