@@ -333,10 +333,14 @@ def test_raster_distance_is_within_its_error_bound_on_every_tile(scene):
     g = torch.Generator().manual_seed(2)
     near = on_road.a[torch.randint(len(on_road.a), (3000,), generator=g)]
     points = near + 3.0 * torch.randn(3000, 2, generator=g, dtype=torch.float64)
-    raster = on_road.raster_distance(points).double()
+    far = on_road.a.amax(0) + 5 * TILE_M + 100 * torch.rand(50, 2, generator=g, dtype=torch.float64)  # off the map
+    points = torch.cat([points, far])
+    raster = on_road.raster_distance(points).double()  # builds the tiles
     exact = signed_distance_to_rings(points, on_road.a, on_road.b)
     assert len(torch.unique(torch.floor(points / TILE_M), dim=0)) >= 4  # one call spanning several tiles
     assert (raster - exact).abs().max() <= CELL_M / math.sqrt(2) + 1e-4  # float32 grids
+    assert torch.equal(on_road.raster_distance(points).double(), raster)  # built: the tile table, and beyond it
+    assert torch.equal(on_road.raster_distance(points[:-50]).double(), raster[:-50])  # the table alone
 
 
 def test_on_roads_exact_distance_from_each_tiles_own_segments_equals_the_whole_maps(scene):
@@ -353,6 +357,53 @@ def test_on_roads_exact_distance_from_each_tiles_own_segments_equals_the_whole_m
     exact = signed_distance_to_rings(points, on_road.a, on_road.b)
     assert torch.equal(on_road.exact_distance(points), exact)
     assert 0.2 < (exact > 0).float().mean() < 0.8 and (exact.abs() < 0.5).float().mean() > 0.2
+
+
+def test_on_road_projection_moves_offroad_tokens_by_a_bisection_of_the_way_to_their_lane(scene):
+    """Each vehicle token off the road moves a fraction w = k / 2^BISECTION_STEPS of the way to its nearest lane: w
+    itself keeps it ``ROAD_MARGIN_M`` inside the road (or w = 1), and one step less does not (or w is the first
+    step): the bisection's bracket, whose 63 candidate blends ``project`` looks up in one call."""
+    from simgen.world.constraints import BISECTION_STEPS, ROAD_MARGIN_M, _blend, _nearest_lane
+    from simgen.world.data import MapContext
+    from simgen.world.tokenizer import X, Y, encode_agents, map_features
+
+    roadmap, log = scene
+    on_road = OnRoad(roadmap)
+    t = log.step
+    av = log.meta.is_av.nonzero().item()
+    pose = torch.stack([log.traj.x[av, t], log.traj.y[av, t], log.traj.heading[av, t]]).double()[None]
+    vehicles = (log.traj.valid[:, t] & (log.meta.agent_type == AgentType.VEHICLE)).nonzero().flatten()
+    shift = torch.linspace(-10.0, 10.0, 41, dtype=torch.float64)  # sideways, m: frames on and off the road
+    heading = log.traj.heading[vehicles, t].double()
+    x = log.traj.x[vehicles, t].double()[:, None] - torch.sin(heading)[:, None] * shift
+    y = log.traj.y[vehicles, t].double()[:, None] + torch.cos(heading)[:, None] * shift
+    A, F = x.shape
+    size = torch.stack([log.traj.length[vehicles, t], log.traj.width[vehicles, t],
+                        log.traj.height[vehicles, t]], -1)[:, None].expand(A, F, 3)
+    ref = torch.zeros(1, A, F, 2, dtype=torch.float64)
+    x0 = encode_agents(x[None], y[None], heading[None, :, None].expand(1, A, F), size[None],
+                       log.meta.agent_type[vehicles][None], torch.ones(1, A, F, dtype=torch.bool), pose, ref).float()
+    feats, map_valid = map_features(MapContext.of(roadmap).bank, pose)
+    lanes = feats[..., :4].reshape(1, -1, 4)
+    lane_valid = (map_valid[..., None] & (feats[..., 4] > 0.5)).reshape(1, -1)
+    movable = torch.ones(1, A, dtype=torch.bool)
+    out = on_road.project(x0, pose, ref, lanes, lane_valid, movable)
+    off = on_road.outside(x0, pose, ref) > -ROAD_MARGIN_M
+    assert 40 < off.sum() < off.numel() - 40, "frames on and off the road"
+    target = _nearest_lane(x0, ref, lanes, lane_valid)
+    way = (target[..., :2] - x0[..., X:Y + 1]).double()
+    w = ((out[..., X:Y + 1] - x0[..., X:Y + 1]).double() * way).sum(-1) / (way * way).sum(-1).clamp_min(1e-12)
+    steps = 2 ** BISECTION_STEPS
+    k = (w * steps).round()
+    assert ((w * steps - k)[off].abs() < 1e-3).all() and (k[off] >= 1).all() and (k[off] <= steps).all()
+
+    def margin(fraction):  # how far inside the margin the blends are (m, > 0: farther out than the margin)
+        return on_road.outside(_blend(x0, target, fraction.float()), pose, ref) + ROAD_MARGIN_M
+
+    inside, before = margin(k / steps), margin((k - 1) / steps)
+    sure = 1e-3  # float rounding between the test's call and the projection's
+    assert (inside[off & (k < steps)] <= sure).all(), "w keeps the token inside the margin"
+    assert (before[off & (k > 1)] > -sure).all(), "one step less does not"
 
 
 def test_on_road_projection_looks_up_only_the_road_of_held_tokens(scene):
