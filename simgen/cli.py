@@ -38,10 +38,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from simgen.renderers.splats.dataset import LogError
     from simgen.renderers.splats.model import SceneFormatError
     from simgen.scenario import ScenarioError
+    from simgen.traffic.reference import TrafficError
     from simgen.world.sampler import CheckpointError
 
     return (ScenarioError, MapError, FormatError, EvalError, RenderError, RigError, CheckpointError, LogError,
-            SceneFormatError, FileNotFoundError, FileExistsError)
+            TrafficError, SceneFormatError, FileNotFoundError, FileExistsError)
 
 
 def user_errors(fn):

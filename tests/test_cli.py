@@ -26,6 +26,8 @@ def scenario_file(tmp_path, text):
     ("map: grid\nduration_s: soon\n", "key 'duration_s'"),
     ("map: atlantis\n", "atlantis"),
     ("map: {net}\n", "corrupt.net.xml"),
+    ("map: grid\nav:\n  route:\n    from: nowhere\n    to: auto\n", "av.route.to: auto"),
+    ("map: grid\nav:\n  route:\n    from: nowhere\n    to: A0B0\n", "av.route.from: 'nowhere' is not an edge"),
 ])
 def test_bad_input_exits_2_with_one_message(tmp_path, text, message):
     corrupt = tmp_path / "corrupt.net.xml"

@@ -12,6 +12,7 @@ traffic from that scene.
 
 from __future__ import annotations
 
+import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ AV_ID = "av"
 AV_TYPE = "DEFAULT_VEHTYPE"
 AV_ROUTE_SPEED_MPS = 10.0  # a random AV route should be long enough for the trip at this speed
 AV_DEPART_TIMEOUT_S = 90.0  # the AV must be on the map and moving this long after insertion
+
+
+class TrafficError(ValueError):
+    """The scenario's traffic and route give SUMO no trip to record (the message names the keys to change)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,21 @@ def drivable_edges(roadmap: RoadMap) -> dict[str, tuple[np.ndarray, np.ndarray]]
         points = roadmap.lane_xy[lane][roadmap.lane_point_valid[lane]].numpy().astype(np.float64)
         edges.setdefault(roadmap.lane_ids[lane].rsplit("_", 1)[0], (points[0], points[-1]))
     return edges
+
+
+def check_av_route(roadmap: RoadMap, av_route: tuple[str, str]) -> None:
+    """``TrafficError`` naming the key, and the nearest edge ids, for a route end that is not a drivable edge."""
+    keys = ("av.route.from", "av.route.to")
+    if "auto" in av_route:
+        raise TrafficError(f"{keys[av_route.index('auto')]}: auto, but the other end is an edge id; set both "
+                           "av.route.from and av.route.to to edge ids, or both to auto")
+    edges = drivable_edges(roadmap)
+    for key, edge in zip(keys, av_route):
+        if edge not in edges:
+            near = difflib.get_close_matches(edge, list(edges), n=3)
+            hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+            raise TrafficError(f"{key}: {edge!r} is not an edge with driving lanes on map {roadmap.name!r}.{hint} "
+                               "Or set av.route.from and av.route.to to auto.")
 
 
 def choose_av_route(roadmap: RoadMap, rng: np.random.Generator, min_length_m: float,
@@ -129,7 +149,10 @@ class AvTrip:
             moving = (frame.object_id == av) & (frame.speed_mps > MOVING_MPS)
             if not moving.any():
                 if (frame.step - self.inserted_step) * DT_S > AV_DEPART_TIMEOUT_S:
-                    raise RuntimeError(f"the AV did not enter the map and move within {AV_DEPART_TIMEOUT_S} s")
+                    raise TrafficError(
+                        f"SUMO could not insert the AV and get it moving within {AV_DEPART_TIMEOUT_S:.0f} s: the first "
+                        "edge of its route stayed jammed. Lower traffic.vehicles_per_hour_per_km, or change "
+                        "av.route.from, seed or traffic.warmup_s")
                 return
             self.follower = TripFollower(av, self.roadmap, max_steps=self.total_steps, radius_m=self.radius_m,
                                          max_agents=self.max_agents)
@@ -167,6 +190,8 @@ def reference_trip(source: MapSource, *, seed: int, steps: int, av_route: tuple[
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     roadmap = source.roadmap
+    if av_route is not None:
+        check_av_route(roadmap, av_route)  # before SUMO's warm-up
     horizon_s = warmup_s + AV_DEPART_TIMEOUT_S + (NUM_HISTORY_STEPS + steps) * DT_S
     route_files = write_demand(source.net_file, workdir / "demand", seed=seed, end_s=horizon_s, demand=demand)
     demand_s = time.perf_counter() - t_start
@@ -180,7 +205,8 @@ def reference_trip(source: MapSource, *, seed: int, steps: int, av_route: tuple[
         else:
             route_edges = list(libsumo.simulation.findRoute(*av_route, vType=AV_TYPE).edges)
             if not route_edges:
-                raise ValueError(f"av_route={av_route}: SUMO finds no route between these edges")
+                raise TrafficError(f"av.route from {av_route[0]!r} to {av_route[1]!r}: SUMO finds no route between "
+                                   "these edges; pick edges connected in the network, or set both to auto")
         on_map = {"vehicles_on_map": len(libsumo.vehicle.getIDList()),
                   "persons_on_map": len(libsumo.person.getIDList())}  # getIDCount also counts persons yet to depart
         insert_av(route_edges)
