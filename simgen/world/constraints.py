@@ -171,7 +171,7 @@ class OnRoad:
         self.a, self.b = a.double(), b.double()
         self.index: dict[tuple[int, int], int] = {}  # tile key -> its grid in ``grids`` (the first len(index))
         # The same for the tiles over the map and one more around it, as a table (-1: not built): the hot path's
-        # lookup (``_grids``), no Python per tile.
+        # lookup (``_grid_index``), no Python per tile.
         ends = torch.cat([self.a, self.b]) if len(self.a) else torch.zeros(1, 2, dtype=torch.float64)
         self.table_origin = torch.floor(ends.amin(0) / TILE_M).long() - 1
         self.table_size = torch.floor(ends.amax(0) / TILE_M).long() + 2 - self.table_origin
@@ -197,7 +197,7 @@ class OnRoad:
                 self.table[at[0], at[1]] = built
         return self.index[key]
 
-    def _grids(self, tile: torch.Tensor) -> torch.Tensor:
+    def _grid_index(self, tile: torch.Tensor) -> torch.Tensor:
         """``[N]`` the index in ``grids`` of the tiles ``tile [N, 2]`` (``_tiles``), building those not built yet."""
         at = tile - self.table_origin
         if len(at) and bool(((at >= 0) & (at < self.table_size)).all()):
@@ -252,7 +252,7 @@ class OnRoad:
         """Bilinear signed distance (m) from the rastered tiles at ``points [N, 2]`` (world frame, m).
         Within about ``CELL_M / 2`` of the exact value (1-Lipschitz)."""
         tile = _tiles(points)
-        grid = self._grids(tile)
+        grid = self._grid_index(tile)
         local = (points - tile.to(points.dtype) * TILE_M) / CELL_M
         i0 = local.floor().long().clamp(0, CELLS - 1)
         f = (local - i0).float()
