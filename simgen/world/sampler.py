@@ -72,7 +72,11 @@ the AV (median 20 m); agents popping up
 near the AV made the trips' entering-distance JSD 0.92 and their collision
 JSD 0.39 (the logged AV drives into them), against 0.014 and 0.061 with the
 rule (4 Berlin trips, one run). A proposal outside the band waits: its row stays free, the model keeps planning
-it, and it enters when it reaches the band (median 4.6 s later on the Berlin trips). Until then no one else
+it, and it enters when it reaches the band (median 4.6 s later on the Berlin trips). One that has waited beyond
+the window for ``STALE_WAIT_S`` restarts empty (``Carry.waited``): the model let such proposals drift hundreds
+of metres behind the AV and hold every free row, and the default 4-minute city trip drained to no agent for
+150 s (1.7 agents a step, SUMO's world 10.3; with the restart 11.5; 10 s restarted too often: the window filled
+with 49 agents and the AV stood). Until then no one else
 sees it: it is masked out of the other rows' attention (``agent_mask``) and gives way to present agents in
 ``push_apart`` without pushing them (``_solid``). With twice the training's ``SPARE_SLOTS`` free rows, a busy
 street keeps more of its traffic: on the busy 60 s city trip of the model card, 10-11 agents from 15 s on, where 4
@@ -140,6 +144,7 @@ FULL_STEPS = 16
 SPARE_ROWS = 2 * SPARE_SLOTS  # free rows a step computes when it may spawn (docstring, Rows; training has SPARE_SLOTS)
 STOP_FRACTIONS = 256  # a vehicle held at a red light stops within 1/256 of its step behind the line
 ENTRY_BAND_M = 5.0  # trips: new agents appear within this distance of the window's edge (docstring, Rows)
+STALE_WAIT_S = 30.0  # trips: a free row whose proposal waited this long beyond the window restarts (docstring, Rows)
 
 
 class CheckpointError(ValueError):
@@ -215,6 +220,7 @@ class Carry:
     entry_velocity: torch.Tensor | None = None  # [B, A, 2] float64 world frame (m/s): new agents' velocity, NaN else
     rider_slack: torch.Tensor | None = None  # [B, A] m: each cyclist's slack, decided when first seen riding; NaN else
     rows: torch.Tensor | None = None  # rows the model computed last (their window is its plan; others hold noise)
+    waited: torch.Tensor | None = None  # [B, A] steps each free row's proposal has waited beyond the window
 
 
 @dataclass(frozen=True)
@@ -502,7 +508,7 @@ class WorldSampler:
                       ref=self._context(scenes, pose).ref[:, :, len(HISTORY_OFFSETS):],
                       next_object_id=int(torch.stack([s.meta.object_id for s in scenes]).max()) + 1,
                       entry_velocity=torch.full((B, A, 2), torch.nan, dtype=torch.float64),
-                      rider_slack=torch.full((B, A), torch.nan))
+                      rider_slack=torch.full((B, A), torch.nan), waited=torch.zeros(B, A, dtype=torch.long))
         if self.options.kind == "amortized":
             x0, l0 = self._full_denoise(scenes, carry, generator)
             carry.agents = _renoise(carry.agents, x0, self.levels, generator)
@@ -546,6 +552,11 @@ class WorldSampler:
             if len(fresh):
                 window = carry.agents[:, fresh]
                 carry.agents[:, fresh] = _renoise(window, _empty(window), self.levels, generator)
+            stale = carry.waited >= round(STALE_WAIT_S / DT_S)  # restart empty too (docstring, Rows)
+            if stale.any():
+                window = carry.agents[stale][None]
+                carry.agents[stale] = _renoise(window, _empty(window), self.levels, generator)[0]
+                carry.waited[stale] = 0
             carry.rows = rows
             slots = self._light_slots(scenes, pose)
             x0, eps, l0, leps = self._denoise(scenes, pose, context, carry, carry.agents, carry.lights, self.levels,
@@ -604,6 +615,8 @@ class WorldSampler:
         if self.options.enter_beyond_m > 0:  # new agents come in through the window's edge (docstring, Rows)
             distance = torch.hypot(decoded.x[:, 0] - av_pose[0], decoded.y[:, 0] - av_pose[1])
             waiting = (distance < self.options.enter_beyond_m) | (distance > self.options.enter_within_m)
+            beyond = new & (distance > self.options.enter_within_m)
+            carry.waited[b] = torch.where(beyond, carry.waited[b] + 1, 0)
             valid &= ~(new & waiting)
             new &= ~waiting
         object_id = meta.object_id.clone()

@@ -515,6 +515,40 @@ def test_a_free_row_joins_the_window_empty_whatever_it_held(tiny_checkpoint, sce
     assert (window[:3, VALID] < 0).all(), "its near frames still say no agent"
 
 
+def test_a_proposal_waiting_beyond_the_window_too_long_restarts_empty(tiny_checkpoint, scene):
+    """A free row whose proposal has waited beyond the window for ``STALE_WAIT_S`` joins again empty, so a long trip
+    does not drain: its free rows used to hold far-off proposals (450 m behind the AV) for minutes, and the default
+    4-minute city trip had no agent for 150 s. A proposal in the entry band, or one that has not waited that
+    long, is left alone."""
+    from simgen.types import DT_S
+    from simgen.world.sampler import STALE_WAIT_S
+    from simgen.world.tokenizer import VALID, X, Y
+
+    roadmap, log = scene
+    start = mask_future(log)
+    t, traj = start.step, start.traj
+    limit = round(STALE_WAIT_S / DT_S)
+    sampler, carry = _trip_sampler(tiny_checkpoint, roadmap, start)
+    free = carry.rows[~traj.valid[carry.rows, :t + 1].any(-1)]
+    far, near = int(free[0]), int(free[1])
+    av = start.meta.is_av.nonzero().item()
+    x, y, heading = traj.x[:, t].clone(), traj.y[:, t].clone(), traj.heading[:, t].clone()
+    x[far] = traj.x[av, t] + 200.0  # beyond the window (60 m)
+    x[near], y[near] = traj.x[av, t] + 57.0, traj.y[av, t]  # in the entry band (55-60 m)
+    valid = torch.where(traj.valid[:, t], 1.0, -1.0)[:, None].expand(-1, 5).clone()
+    valid[[far, near]] = 1.0
+    carry.waited[0, [far, near]] = limit - 1
+    _step_with_plan(sampler, start, carry, x, y, heading, valid)
+    assert carry.waited[0, far] == limit and carry.waited[0, near] == 0
+    carry.waited[0, free[2]] = limit - 1  # one step short: not restarted
+    carry.agents[:, [far, int(free[2])], :, VALID] = 1.0
+    carry.agents[:, [far, int(free[2])], :, X:Y + 1] = 40.0  # 200 m away
+    _, after = sampler.step([start], carry, torch.Generator().manual_seed(1))
+    window = after.agents[0, far]  # frames 2..W of the restarted row, then a fresh noise frame
+    assert window[:, X:Y + 1].abs().max() < 10.0 and (window[:3, VALID] < 0).all()
+    assert after.agents[0, free[2], :3, X:Y + 1].abs().min() > 20.0, "one step short of the wait: kept"
+
+
 def test_a_waiting_proposal_changes_no_present_agents_plan(tiny_checkpoint, scene):
     """A free row's proposal is masked out of the other rows' attention and pushes no one: whatever it holds, the
     present agents' executed frames are the same."""
