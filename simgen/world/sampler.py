@@ -75,7 +75,7 @@ rule (4 Berlin trips, one run). A proposal outside the band waits: its row stays
 it, and it enters when it reaches the band (median 4.6 s later on the Berlin trips). One that has waited beyond
 the window for ``STALE_WAIT_S`` restarts empty (``Carry.waited``): the model let such proposals drift hundreds
 of metres behind the AV and hold every free row, and the default 4-minute city trip drained to no agent for
-150 s (1.7 agents a step, SUMO's world 10.3; with the restart 11.5; 10 s restarted too often: the window filled
+150 s (1.7 agents a step, SUMO's world 10.3; with the restart 10.5; 10 s restarted too often: the window filled
 with 49 agents and the AV stood). Until then no one else
 sees it: it is masked out of the other rows' attention (``agent_mask``) and gives way to present agents in
 ``push_apart`` without pushing them (``_solid``). With twice the training's ``SPARE_SLOTS`` free rows, a busy
