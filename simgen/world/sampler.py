@@ -61,7 +61,9 @@ Validity is read from the plan's next ``TRACK_FRAMES`` frames (0.5 s), like
 the executed pose: a row is present when their mean validity is positive,
 so a one-frame validity blip neither spawns nor removes an
 agent. A spare row that turns valid is a new agent with a new object id, whose
-type and box size come from the model; rows that continue keep their logged
+type comes from the model and whose box is the corpus's box of that type
+nearest the model's (a new vehicle must also face along its lane:
+``constraints`` docstring, 8); rows that continue keep their logged
 box size and type, and an agent that turns invalid has left for good (its
 row stays empty). On trips (``enter_beyond_m``, set by the world-model world
 to ``radius_m - ENTRY_BAND_M``, and ``enter_within_m`` = ``radius_m``) a new agent appears only at the window's
@@ -263,7 +265,7 @@ class WorldSampler:
         self.options = options
         self.context = context or MapContext.of(roadmap)
         self.on_road = C.OnRoad(roadmap) if options.on_road else None
-        self._lanes = None  # driving-lane points for the on-road check's third choice (``_steer_back``)
+        self._lanes: torch.Tensor | None = None  # ``lanes``, built on first use
         self.red_lights = C.RedLights(roadmap)  # the executed frame's red-light check (``_stop_at_red``)
         # The network alone runs on several threads; the closed loop around it runs on one (``simgen.threads``).
         self.threads = options.threads or torch.get_num_threads()
@@ -619,12 +621,19 @@ class WorldSampler:
             carry.waited[b] = torch.where(beyond, carry.waited[b] + 1, 0)
             valid &= ~(new & waiting)
             new &= ~waiting
+        wrong_way = new & (decoded.agent_type[:, 0] == AgentType.VEHICLE)  # (constraints docstring, 8)
+        if wrong_way.any():
+            w = wrong_way.nonzero().flatten()
+            wrong_way[w] = ~C.along_lanes(decoded.x[w, 0], decoded.y[w, 0], decoded.heading[w, 0], self.lanes)
+            valid &= ~wrong_way
+            new &= ~wrong_way
+            carry.waited[b] = torch.where(wrong_way, round(STALE_WAIT_S / DT_S), carry.waited[b])  # restarts
         object_id = meta.object_id.clone()
         spawned = new.nonzero().flatten()
         object_id[spawned] = torch.arange(carry.next_object_id, carry.next_object_id + len(spawned))
         carry.next_object_id += len(spawned)
-        size = decoded.size[:, 0].float()
         keep = ~new
+        size = C.box_size(decoded.agent_type[:, 0], decoded.size[:, 0].float())  # a new agent's box (constraints, 8)
         x, y, heading = decoded.x[:, 0].float(), decoded.y[:, 0].float(), decoded.heading[:, 0].float()
         length = torch.where(keep, traj.length[:, t], size[:, 0])
         width = torch.where(keep, traj.width[:, t], size[:, 1])
@@ -733,15 +742,9 @@ class WorldSampler:
         that keeps them on the road (``_leaving`` from ``before``; all blends checked in one call). Returns the poses
         and ``[A]`` which rows it saved."""
         r = rows.nonzero().flatten()
-        if self._lanes is None:  # every driving-lane point of the map and its direction, world frame
-            bank = self.context.bank
-            points = bank.points[bank.kind == 0].double()  # [N, P, 2]
-            ahead = torch.cat([points[:, 1:] - points[:, :-1], points[:, -1:] - points[:, -2:-1]], dim=1)
-            ahead = ahead / ahead.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-            self._lanes = torch.cat([points, ahead], dim=-1).reshape(-1, 4)
         tries = 2 ** C.BISECTION_STEPS
         weight = (torch.arange(1, tries + 1, dtype=torch.float64) / tries).expand(len(r), tries)
-        moved = C.toward_lanes(x[r], y[r], heading[r], self._lanes)(weight)  # x, y, heading [n, tries]
+        moved = C.toward_lanes(x[r], y[r], heading[r], self.lanes)(weight)  # x, y, heading [n, tries]
         after = self.on_road.outside_boxes(*(v.flatten() for v in moved), length[r].repeat_interleave(tries),
                                            width[r].repeat_interleave(tries)).reshape(len(r), tries)
         fine = ~_leaving(after, before[r, None], slack[r, None])  # [n, tries]
@@ -752,6 +755,17 @@ class WorldSampler:
         for v, m in zip(out, moved):
             v[r] = torch.where(ok[r], m.gather(1, least)[:, 0].to(v.dtype), v[r])
         return (*out, ok)
+
+    @property
+    def lanes(self) -> torch.Tensor:
+        """``[N, 4]`` every driving-lane point of the map and its unit direction (x, y, cos, sin; world frame, m)."""
+        if self._lanes is None:
+            bank = self.context.bank
+            points = bank.points[bank.kind == 0].double()  # [N, P, 2]
+            ahead = torch.cat([points[:, 1:] - points[:, :-1], points[:, -1:] - points[:, -2:-1]], dim=1)
+            ahead = ahead / ahead.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            self._lanes = torch.cat([points, ahead], dim=-1).reshape(-1, 4)
+        return self._lanes
 
     def _leaves_road(self, x, y, heading, length, width, rows: torch.Tensor, slack: torch.Tensor,
                      before: torch.Tensor) -> torch.Tensor:

@@ -428,22 +428,33 @@ def test_on_road_projection_looks_up_only_the_road_of_held_tokens(scene):
     assert ((tiles - pose[0, :2]).norm(dim=-1) < 2 * TILE_M).all(), "no tile near the far token"
 
 
-def _step_with_plan(sampler, start, carry, x, y, heading, valid):
+def _step_with_plan(sampler, start, carry, x, y, heading, valid, size=None, agent_type=None):
     """One executed frame of ``start`` whose plan holds every row at ``x, y, heading [A]`` (world frame) over the next
     ``TRACK_FRAMES`` frames (or puts them at ``[A, TRACK_FRAMES]``), with validity ``valid [A, TRACK_FRAMES]``
-    (+1 / -1)."""
+    (+1 / -1), and the rows' boxes ``size [A, 3]`` and types ``agent_type [A]`` (default: the scene's)."""
     from simgen.world import constraints as C
     from simgen.world.tokenizer import VALID, encode_agents
 
     t, traj, K = start.step, start.traj, C.TRACK_FRAMES
     keep = lambda v: v.double()[:, None].expand(-1, K) if v.ndim == 1 else v.double()  # noqa: E731
-    size = torch.stack([traj.length[:, t], traj.width[:, t], traj.height[:, t]], -1)[:, None].expand(-1, K, 3)
-    plan = encode_agents(keep(x), keep(y), keep(heading), size, start.meta.agent_type,
+    if size is None:
+        size = torch.stack([traj.length[:, t], traj.width[:, t], traj.height[:, t]], -1)
+    agent_type = start.meta.agent_type if agent_type is None else agent_type
+    plan = encode_agents(keep(x), keep(y), keep(heading), size[:, None].expand(-1, K, 3), agent_type,
                          torch.ones(start.num_agents, K, dtype=torch.bool), carry.pose[0], carry.ref[0, :, :K]).float()
     plan[..., VALID] = valid
     return sampler._action(0, start, plan, torch.zeros(start.lights.num_slots, 3), torch.arange(start.num_agents),
                            carry.pose[0], carry.ref[0, :, :K], carry.pose[0], carry, None,
                            torch.zeros(start.num_agents, dtype=torch.bool))
+
+
+def _lane_pose(sampler, start, distance=20.0):
+    """x, y, heading of the driving-lane point nearest ``distance`` m or more from the AV, facing along its lane."""
+    t, traj, av = start.step, start.traj, start.av_index
+    lanes = sampler.lanes
+    away = (lanes[:, :2] - torch.stack([traj.x[av, t], traj.y[av, t]]).double()).norm(dim=-1)
+    point = lanes[int(torch.where(away >= distance, away, math.inf).argmin())]
+    return float(point[0]), float(point[1]), float(torch.atan2(point[3], point[2]))
 
 
 def test_agents_enter_and_leave_on_the_plans_next_half_second_not_a_one_frame_blip(tiny_checkpoint, scene):
@@ -462,7 +473,9 @@ def test_agents_enter_and_leave_on_the_plans_next_half_second_not_a_one_frame_bl
     valid = torch.ones(start.num_agents, 5)
     valid[[stay, leave, blip, enter]] = torch.tensor([[-1.0, 1, 1, 1, 1], [1.0, -1, -1, -1, -1],
                                                       [1.0, -1, -1, -1, -1], [1.0, 1, 1, 1, 1]])
-    action = _step_with_plan(sampler, start, carry, traj.x[:, t], traj.y[:, t], traj.heading[:, t], valid)
+    x, y, heading = (v[:, t].clone() for v in (traj.x, traj.y, traj.heading))
+    x[[blip, enter]], y[[blip, enter]], heading[[blip, enter]] = (torch.tensor(v) for v in _lane_pose(sampler, start))
+    action = _step_with_plan(sampler, start, carry, x, y, heading, valid)
     assert action.valid[stay] and not action.valid[leave]
     assert action.valid[enter] and not action.valid[blip]
 
@@ -655,3 +668,71 @@ def test_a_vehicle_heading_off_the_road_is_steered_back_onto_its_lane_not_held(t
         moved.append(float(torch.hypot(action.x[agent] - x[agent], action.y[agent] - y[agent])))
         x, y, heading = action.x.clone(), action.y.clone(), action.heading.clone()
     assert min(moved) > 0.1, f"held at the kerb: steps of {min(moved):.3f} m"
+
+
+def test_every_box_of_the_sumo_logs_is_in_the_catalogue_new_agents_take(world_logs):
+    """``BOX_SIZES`` are the training corpus's boxes: SUMO's default vType sizes of the demand's classes. Every agent
+    of a SUMO log has one of them (a change of SUMO's defaults or of the demand's classes fails here)."""
+    from simgen.world.constraints import BOX_SIZES
+
+    logs = load_logs(world_logs)
+    seen = set()
+    for scene in [logs.scene(i) for i in range(len(logs))] + [logs.trip(0)]:
+        traj, valid = scene.traj, scene.traj.valid
+        box = torch.stack([traj.length[valid], traj.width[valid], traj.height[valid]], -1)
+        kind = scene.meta.agent_type[:, None].expand_as(valid)[valid]
+        seen |= {(AgentType(k), *(round(v, 3) for v in b)) for k, b in zip(kind.tolist(), box.tolist())}
+    missing = [(k, *b) for k, *b in seen
+               if not any(max(abs(u - v) for u, v in zip(b, c)) < 1e-3 for c in BOX_SIZES.get(k, ()))]
+    assert not missing, missing
+    assert {AgentType.VEHICLE, AgentType.PEDESTRIAN, AgentType.CYCLIST} <= {k for k, *_ in seen}
+
+
+def test_a_new_agent_takes_the_catalogue_box_of_its_type_nearest_the_models(tiny_checkpoint, scene):
+    """The model's box for a spawned row is half-formed (on the default city trip: 0.46 m x 1.12 m vehicles, 4 m
+    pedestrians). A new agent takes the ``BOX_SIZES`` entry of its type nearest it: a 0.5 m x 1.1 m vehicle is a
+    passenger car, a 6.8 m x 2.3 m one a truck, a 4 m x 1.6 m pedestrian a pedestrian."""
+    roadmap, log = scene
+    sampler = WorldSampler(WorldModel.load(tiny_checkpoint), roadmap,
+                           SamplerOptions(spawn=True, on_road=False, no_overlap=False))
+    start = mask_future(log)
+    t, traj, av = start.step, start.traj, start.av_index
+    rows = (~traj.valid[:, :t + 1].any(-1)).nonzero().flatten()[:3]
+    x, y, heading = (v[:, t].clone() for v in (traj.x, traj.y, traj.heading))
+    size = torch.stack([traj.length[:, t], traj.width[:, t], traj.height[:, t]], -1)
+    agent_type = start.meta.agent_type.clone()
+    boxes = [(0.5, 1.1, 1.0), (6.8, 2.3, 2.0), (4.0, 1.6, 1.6)]
+    kinds = [AgentType.VEHICLE, AgentType.VEHICLE, AgentType.PEDESTRIAN]
+    for k, (row, box, kind) in enumerate(zip(rows.tolist(), boxes, kinds)):
+        x[row], y[row], heading[row] = x[av] + 10.0 * (k + 1), y[av], heading[av]
+        size[row], agent_type[row] = torch.tensor(box), kind
+    carry = sampler.start([start], torch.Generator().manual_seed(0))
+    action = _step_with_plan(sampler, start, carry, x, y, heading, torch.ones(start.num_agents, 5), size, agent_type)
+    got = [(round(float(action.length[r]), 3), round(float(action.width[r]), 3)) for r in rows]
+    assert got == [(5.0, 1.8), (7.1, 2.4), (0.215, 0.478)]
+    assert [AgentType(int(action.agent_type[r])) for r in rows] == kinds
+
+
+def test_a_new_vehicle_enters_only_facing_along_its_lane(tiny_checkpoint, scene):
+    """A free row planned on a driving lane enters facing the lane's direction, and not facing against it (the
+    model proposed 3 of 7 new vehicles against a one-way street on the default city trip, which then stood nose to
+    nose with the AV). The wrong-way proposal restarts empty at the next step."""
+    from simgen.world.sampler import STALE_WAIT_S
+
+    roadmap, log = scene
+    sampler = WorldSampler(WorldModel.load(tiny_checkpoint), roadmap,
+                           SamplerOptions(spawn=True, on_road=False, no_overlap=False))
+    start = mask_future(log)
+    t, traj = start.step, start.traj
+    along, against = (~traj.valid[:, :t + 1].any(-1)).nonzero().flatten()[:2].tolist()
+    px, py, direction = _lane_pose(sampler, start)
+    x, y, heading = (v[:, t].clone() for v in (traj.x, traj.y, traj.heading))
+    agent_type = start.meta.agent_type.clone()
+    for row, h in ((along, direction), (against, direction + math.pi)):
+        x[row], y[row], heading[row], agent_type[row] = px, py, h, AgentType.VEHICLE
+    size = torch.stack([traj.length[:, t], traj.width[:, t], traj.height[:, t]], -1)
+    size[[along, against]] = torch.tensor([5.0, 1.8, 1.5])
+    carry = sampler.start([start], torch.Generator().manual_seed(0))
+    action = _step_with_plan(sampler, start, carry, x, y, heading, torch.ones(start.num_agents, 5), size, agent_type)
+    assert action.valid[along] and not action.valid[against]
+    assert carry.waited[0, against] >= round(STALE_WAIT_S / DT_S) and carry.waited[0, along] == 0
