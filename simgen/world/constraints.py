@@ -510,6 +510,8 @@ def along_lanes(x: torch.Tensor, y: torch.Tensor, heading: torch.Tensor, lanes: 
     xy = torch.stack([x, y], -1).double()
     reach = LANE_MATCH_M + LANE_POINT_M  # no lane point farther than this from every pose can count
     lanes = lanes[((lanes[:, :2] >= xy.amin(0) - reach) & (lanes[:, :2] <= xy.amax(0) + reach)).all(-1)]
+    if not len(lanes):  # no driving lane near any of them
+        return torch.zeros(len(xy), dtype=torch.bool)
     rel = xy[:, None] - lanes[None, :, :2]  # [N, M, 2]
     along = (rel * lanes[None, :, 2:]).sum(-1)
     lateral = (rel[..., 0] * lanes[None, :, 3] - rel[..., 1] * lanes[None, :, 2]).abs()
