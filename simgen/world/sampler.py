@@ -879,15 +879,15 @@ class WorldSampler:
         valid[0] = True
         history = len(steps)
         x_h, y_h, heading_h = interpolate(decoded.x), interpolate(decoded.y), wrap(interpolate(unwrapped))
+        agent_type = torch.where(is_av[0], int(AgentType.VEHICLE), decoded.agent_type[:, -1]).to(torch.int8)
+        size = C.box_size(agent_type, decoded.size[:, -1].float())  # the corpus's boxes (constraints docstring, 8)
         if self.on_road is not None:  # exact check: a generated vehicle off the road at any history step is dropped
-            vehicle = (decoded.agent_type[:, -1] == AgentType.VEHICLE) & valid
-            size_now = decoded.size[:, -1]
+            vehicle = (agent_type == AgentType.VEHICLE) & valid
             off = self.on_road.outside_boxes(
                 x_h.reshape(-1), y_h.reshape(-1), heading_h.reshape(-1),
-                size_now[:, 0:1].expand(-1, history).reshape(-1), size_now[:, 1:2].expand(-1, history).reshape(-1))
+                size[:, 0:1].expand(-1, history).reshape(-1), size[:, 1:2].expand(-1, history).reshape(-1))
             valid &= ~((off.reshape(num_agents, history) > 0).any(-1) & vehicle & ~is_av[0])
         traj = AgentTrajectory.zeros(num_agents, num_steps)
-        size = decoded.size[:, -1].float()
         fields = {"x": x_h.float(), "y": y_h.float(), "heading": heading_h.float()}
         vel = {"vel_x": fields["x"].diff(dim=1, append=fields["x"][:, -1:] * 2 - fields["x"][:, -2:-1]) / 0.1,
                "vel_y": fields["y"].diff(dim=1, append=fields["y"][:, -1:] * 2 - fields["y"][:, -2:-1]) / 0.1}
@@ -902,10 +902,7 @@ class WorldSampler:
         traj_valid[:, :history] = valid[:, None]
         traj = traj.replace(**updates, valid=traj_valid)
         meta = AgentMeta(object_id=torch.where(valid, torch.arange(num_agents), -1),
-                         agent_type=torch.where(valid, decoded.agent_type[:, -1], 0).to(torch.int8),
-                         is_av=is_av[0].clone())
-        meta = meta.replace(agent_type=torch.where(is_av[0], torch.tensor(int(AgentType.VEHICLE), dtype=torch.int8),
-                                                   meta.agent_type))
+                         agent_type=torch.where(valid, agent_type, 0).to(torch.int8), is_av=is_av[0].clone())
         state = torch.zeros(num_steps, S, dtype=torch.int8).numpy()
         context_state = decode_light_states(lights[0, :, :H])  # [S, H]
         nearest = torch.bucketize(steps, (offsets[1:] + offsets[:-1]) / 2)  # nearest context frame per step

@@ -255,6 +255,12 @@ def test_initialize_generates_a_valid_scene_on_the_road(tiny_checkpoint, scene):
     assert init.step == 10 and init.meta.is_av[0] and init.traj.valid[0, :11].all()
     assert abs(float(init.traj.x[0, 10]) - float(pose[0])) < 1e-3, "the AV is placed at its pose"
     assert abs(float(init.traj.y[0, 10]) - float(pose[1])) < 1e-3
+    from simgen.world.constraints import BOX_SIZES
+
+    for row in init.traj.valid[:, 10].nonzero().flatten().tolist():  # every box is one of the corpus's of its type
+        box = [float(v[row, 10]) for v in (init.traj.length, init.traj.width, init.traj.height)]
+        assert any(max(abs(u - c) for u, c in zip(box, b)) < 1e-5
+                   for b in BOX_SIZES[AgentType(int(init.meta.agent_type[row]))]), (row, box)
     on_road = OnRoad(roadmap)
     t = torch.arange(11)
     for row in (init.traj.valid[:, 10] & (init.meta.agent_type == AgentType.VEHICLE)).nonzero().flatten()[1:]:
