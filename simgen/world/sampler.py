@@ -633,7 +633,8 @@ class WorldSampler:
         object_id[spawned] = torch.arange(carry.next_object_id, carry.next_object_id + len(spawned))
         carry.next_object_id += len(spawned)
         keep = ~new
-        size = C.box_size(decoded.agent_type[:, 0], decoded.size[:, 0].float())  # a new agent's box (constraints, 8)
+        size = decoded.size[:, 0].float()
+        size[new] = C.box_size(decoded.agent_type[new, 0], size[new])  # a new agent's box (constraints docstring, 8)
         x, y, heading = decoded.x[:, 0].float(), decoded.y[:, 0].float(), decoded.heading[:, 0].float()
         length = torch.where(keep, traj.length[:, t], size[:, 0])
         width = torch.where(keep, traj.width[:, t], size[:, 1])
